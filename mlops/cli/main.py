@@ -1,0 +1,346 @@
+"""The ``mlops`` command: run the loop, the flows, and the app.
+
+Prefect reads its settings when it is imported, so every command applies the platform's
+Prefect environment first and imports flows inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlops.errors import MlopsError
+from mlops.settings import Settings, apply_prefect_env
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="mlops",
+    help=(
+        "MLOps on Prefect 3: features, training, evaluation and serving as flows.\n\n"
+        "Example: `mlops demo` runs the whole loop on embedded defaults "
+        "(everything under ./.mlops)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
+)
+
+DateOpt = Annotated[
+    datetime | None,
+    typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"], help="UTC date (YYYY-MM-DD)."),
+]
+
+
+def _settings(verbose: bool = False) -> Settings:
+    """Settings from the environment, and the environment Prefect and MLflow need."""
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        err.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    settings.ensure_home()  # before prefect is imported: it makes PREFECT_HOME on import
+    apply_prefect_env(settings)
+    level = "INFO" if verbose else "WARNING"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return settings
+
+
+def _app_env(settings: Settings) -> dict[str, str]:
+    """What a child process needs to see the same settings as this one."""
+    env = {"MLOPS_HOME": str(settings.home), **settings.prefect_env()}
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    return env
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+def _show(result: dict[str, Any], title: str) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in result.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    entities: Annotated[int, typer.Option(min=50, help="Cards to simulate.")] = 5000,
+    days: Annotated[int, typer.Option(min=7, help="Days of transactions.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed of the data and the model.")] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 8,
+    end: DateOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show flow logs.")] = False,
+) -> None:
+    """Run the whole loop on embedded defaults and print a summary.
+
+    Generates card transactions, materializes features (Parquet + SQLite online store),
+    trains and registers an ONNX model in MLflow, promotes it through the quality gates,
+    serves it with the FastAPI app and sends real HTTP predictions. Run it again to
+    train version 2 and evaluate it against version 1.
+
+    Example: `mlops demo --entities 5000 --days 60 --epochs 8`
+    """
+    settings = _settings(verbose)
+    from mlops.cli.demo import DemoOptions, run_demo, today_utc
+
+    opts = DemoOptions(
+        entities=entities, days=days, seed=seed, epochs=epochs, end=end or today_utc()
+    )
+    console.rule("[bold]mlops demo")
+    console.print(f"home: {settings.home}")
+    stage = {"n": 0}
+
+    def step(message: str) -> None:
+        stage["n"] += 1
+        console.print(f"[bold cyan][{stage['n']}/5][/bold cyan] {message} …")
+
+    try:
+        with console.status("working…", spinner="dots"):
+            summary = run_demo(settings, opts, step=step, app_env=_app_env(settings))
+    except MlopsError as exc:
+        raise _fail(exc) from exc
+    _print_summary(settings, summary)
+
+
+def _print_summary(settings: Settings, summary: Any) -> None:
+    trained, evaluated = summary.trained, summary.evaluated
+    table = Table(title="mlops demo: summary", show_header=False, title_justify="left")
+    table.add_row("events", f"{summary.events:,} (fraud rate {summary.fraud_rate:.2%})")
+    mat = summary.materialized
+    table.add_row(
+        "feature view",
+        f"{mat['view']}@{mat['version']}: {mat['rows']:,} rows, {mat['partitions']} "
+        f"partitions, {mat['entities_online']:,} entities online ({mat['online_store']})",
+    )
+    table.add_row("model", f"{trained['model']} version {trained['version']}")
+    for key in ("roc_auc", "pr_auc", "log_loss", "accuracy"):
+        table.add_row(f"holdout {key}", f"{trained[f'holdout_{key}']:.4f}")
+    table.add_row("ONNX parity (max abs diff)", f"{trained['parity_max_abs_diff']:.2e}")
+    decision = "promoted" if evaluated["promoted"] else "not promoted"
+    table.add_row("gate", f"{decision}: {evaluated['reason']}")
+    table.add_row("served version", f"{summary.served_version} at {summary.app_url}")
+    ent, inl = summary.entity_latency_ms, summary.inline_latency_ms
+    table.add_row(
+        "latency by entity", f"p50 {ent['p50']:.2f} ms, p99 {ent['p99']:.2f} ms (HTTP round trip)"
+    )
+    table.add_row("latency inline", f"p50 {inl['p50']:.2f} ms, p99 {inl['p99']:.2f} ms")
+    table.add_row("predictions sent", str(summary.predictions))
+    table.add_row("time", ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items()))
+    table.add_row("MLflow tracking URI", settings.tracking_uri)
+    prefect_where = settings.prefect.api_url or f"{settings.prefect.home}/prefect.db (ephemeral)"
+    table.add_row("Prefect state", prefect_where)
+    console.print(table)
+    home = settings.home
+    console.print("\nOpen the UIs on this state:")
+    console.print(f"  mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000")
+    if not settings.prefect.api_url:
+        console.print(f"  PREFECT_HOME={settings.prefect.home} prefect server start  # :4200")
+    console.print(f"  MLOPS_HOME={home} mlops serve  # the app, on the champion")
+
+
+@app.command()
+def generate(
+    entities: Annotated[int, typer.Option(min=1, help="Cards to simulate.")] = 5000,
+    days: Annotated[int, typer.Option(min=1, help="Days of transactions.")] = 60,
+    rate: Annotated[float, typer.Option(help="Transactions per card per day.")] = 0.75,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    drift: Annotated[float, typer.Option(help="Shift of the feature distribution.")] = 0.0,
+    concept_drift: Annotated[
+        float, typer.Option(help="Share of fraud with a new pattern (0..1).")
+    ] = 0.0,
+    end: DateOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output Parquet (default: the demo source).")
+    ] = None,
+) -> None:
+    """Generate the demo card-transaction table (deterministic by seed and end date).
+
+    Example: `mlops generate --entities 5000 --days 60 --drift 0.5`
+    """
+    settings = _settings()
+    from mlops.cli.demo import today_utc
+    from mlops.data.generate import generate_transactions, write_events
+    from mlops.specs import transactions_path
+
+    try:
+        frame = generate_transactions(
+            n_entities=entities,
+            days=days,
+            events_per_entity_per_day=rate,
+            seed=seed,
+            drift=drift,
+            concept_drift=concept_drift,
+            end=end or today_utc(),
+        )
+    except MlopsError as exc:
+        raise _fail(exc) from exc
+    path = write_events(frame, out or Path(transactions_path(settings)))
+    console.print(
+        f"wrote {len(frame):,} events of {frame['card_id'].nunique():,} cards to {path} "
+        f"(fraud rate {frame['is_fraud'].mean():.2%})"
+    )
+
+
+@app.command("import-events")
+def import_events(
+    path: Annotated[Path, typer.Argument(help="CSV or Parquet file of labelled events.")],
+    model: Annotated[str, typer.Option(help="Model spec whose source it becomes.")] = (
+        "fraud_detector"
+    ),
+) -> None:
+    """Make your own events (CSV or Parquet) the source of a model spec's feature views.
+
+    The file must have the columns the views and the label need; it is checked and
+    written as Parquet where `mlops materialize` and `mlops train` read it.
+
+    Example: `mlops import-events transactions.csv`
+    """
+    settings = _settings()
+    from mlops.data.generate import write_events
+    from mlops.features.definition import Source
+    from mlops.features.source import read_events
+    from mlops.specs import get_spec
+
+    try:
+        spec = get_spec(model, settings)
+        columns = list(
+            dict.fromkeys([c for v in spec.views for c in v.source_columns] + [spec.label])
+        )
+        frame = read_events(Source.from_path(path), columns=columns, timestamp=spec.timestamp)
+        target = Path(str(spec.labels.path))
+        write_events(frame, target)
+    except MlopsError as exc:
+        raise _fail(exc) from exc
+    console.print(f"imported {len(frame):,} events from {path} into {target}")
+
+
+@app.command("materialize")
+def materialize_cmd(
+    view: Annotated[str, typer.Argument(help="Feature view name.")] = "card_transactions",
+    start: DateOpt = None,
+    end: DateOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Materialize a feature view over whole UTC days (default: all the source covers).
+
+    Example: `mlops materialize card_transactions --start 2026-01-01 --end 2026-02-01`
+    """
+    _settings(verbose)
+    from flows.materialize import materialize
+
+    try:
+        result = materialize(view_name=view, start=start, end=end)
+    except MlopsError as exc:
+        raise _fail(exc) from exc
+    _show(result, f"materialized {view}")
+
+
+@app.command("train")
+def train_cmd(
+    model: Annotated[str, typer.Option(help="Model spec.")] = "fraud_detector",
+    epochs: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+    learning_rate: Annotated[float, typer.Option()] = 2e-3,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    start: DateOpt = None,
+    end: DateOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train a model spec and register it as the `challenger`.
+
+    Example: `mlops train --epochs 10 --device cuda`
+    """
+    _settings(verbose)
+    from flows.train import train
+
+    try:
+        result = train(
+            model_name=model,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            device=device,
+            start=start,
+            end=end,
+        )
+    except MlopsError as exc:
+        raise _fail(exc) from exc
+    _show(result, f"trained {model}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[str, typer.Option(help="Model spec.")] = "fraud_detector",
+    min_roc_auc: Annotated[float, typer.Option(help="Gate: minimum ROC AUC.")] = 0.75,
+    max_regression: Annotated[
+        float, typer.Option(help="Gate: largest ROC AUC drop allowed against the champion.")
+    ] = 0.01,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Score challenger vs champion on the same holdout and promote through the gates.
+
+    Example: `mlops evaluate --min-roc-auc 0.8`
+    """
+    _settings(verbose)
+    from flows.evaluate import evaluate
+
+    try:
+        result = evaluate(model_name=model, min_roc_auc=min_roc_auc, max_regression=max_regression)
+    except MlopsError as exc:
+        raise _fail(exc) from exc
+    _show(
+        {k: v for k, v in result.items() if not isinstance(v, dict)},
+        f"evaluated {model}",
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Serve the champion with the FastAPI app (uvicorn).
+
+    Example: `mlops serve --port 8000` then `curl localhost:8000/model`
+    """
+    settings = _settings()
+    from mlops.cli.server import uvicorn_command
+
+    cmd = uvicorn_command(host or settings.serving.host, port or settings.serving.port)
+    os.execvpe(cmd[0], cmd, {**os.environ, **_app_env(settings)})
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the resolved settings (secrets hidden).
+
+    Example: `MLOPS_ONLINE_STORE__TYPE=redis mlops settings`
+    """
+    settings = _settings()
+    console.print_json(json.dumps(settings.model_dump(mode="json"), default=str))
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,83 @@
+"""Domain errors of the platform. ``HTTPException`` lives only in ``app/``.
+
+::
+
+    MlopsError
+    ├── ConfigurationError          settings that cannot work (placeholder secret, bad URL)
+    ├── DataError                   input data that breaks a rule (names file, rule, column)
+    │   └── SchemaError             a column is missing or has the wrong type
+    ├── FeatureViewError            a feature view definition is invalid
+    ├── FeatureStoreError           the offline or online store failed
+    │   ├── StoreUnavailableError   the backend's server cannot be reached
+    │   └── VersionMismatchError    features of another feature view version
+    ├── EntityNotFoundError         no online features for these entity keys
+    ├── TrainingError               training could not produce a model
+    ├── ParityError                 ONNX and torch disagree beyond the tolerance
+    └── RegistryError               the model registry has no such model / alias
+        ├── NoChampionError         no version carries the ``champion`` alias
+        └── IntegrityError          an artifact's sha256 does not match its tag
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MlopsError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+
+class ConfigurationError(MlopsError):
+    pass
+
+
+class DataError(MlopsError):
+    pass
+
+
+class SchemaError(DataError):
+    pass
+
+
+class FeatureViewError(MlopsError):
+    pass
+
+
+class FeatureStoreError(MlopsError):
+    pass
+
+
+class StoreUnavailableError(FeatureStoreError):
+    pass
+
+
+class VersionMismatchError(FeatureStoreError):
+    pass
+
+
+class EntityNotFoundError(MlopsError):
+    def __init__(self, view: str, keys: Sequence[str]) -> None:
+        self.view = view
+        self.keys = list(keys)
+        shown = ", ".join(self.keys[:10]) + (" …" if len(self.keys) > 10 else "")
+        super().__init__(f"no online features in view {view!r} for entity keys: {shown}")
+
+
+class TrainingError(MlopsError):
+    pass
+
+
+class ParityError(MlopsError):
+    pass
+
+
+class RegistryError(MlopsError):
+    pass
+
+
+class NoChampionError(RegistryError):
+    pass
+
+
+class IntegrityError(RegistryError):
+    pass

@@ -1,0 +1,127 @@
+"""MLflow helpers: experiments, the registry's contract tags, aliases, promotion.
+
+The registry is the system of record. A version trained by the platform carries the
+tags named in :class:`Tags`; the served version is the one aliased ``champion``, the
+candidate the one aliased ``challenger``. Stages are never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from mlops.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class Tags:
+    """Model version tag names (contracts: serving and evaluation read them)."""
+
+    FEATURE_VIEWS = "feature_views"  # JSON list of "name@version"
+    FEATURE_NAMES = "feature_names"  # JSON list, the ONNX input's column order
+    ENTITY_KEY = "entity_key"
+    DATA_WINDOW = "data_window"  # "<start>/<end>" ISO 8601
+    ONNX_SHA256 = "onnx_sha256"
+    TRAIN_FLOW_RUN_ID = "train_flow_run_id"
+    GIT_SHA = "git_sha"
+    PARITY_MAX_ABS_DIFF = "onnx_parity_max_abs_diff"
+    GATE_DECISION = "gate.decision"  # promoted | rejected
+    GATE_REASON = "gate.reason"
+    GATE_PREFIX = "gate."
+
+
+def mlflow_client(settings: Settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+
+
+def configure_mlflow(settings: Settings) -> str:
+    """Point the mlflow module at the settings' tracking server; returns the experiment id.
+
+    Called at flow start (never at import). The experiment's artifacts go to
+    ``settings.mlflow.artifact_root``.
+    """
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
+    client = mlflow_client(settings)
+    name = settings.mlflow.experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    root = settings.mlflow.artifact_root or ""
+    location = Path(root).resolve().as_uri() if "://" not in root else root
+    try:
+        return str(client.create_experiment(name, artifact_location=f"{location}/{name}"))
+    except MlflowException:  # created concurrently
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version of ``name`` aliased ``alias``, or None (no model or no alias)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def feature_names_of(version: ModelVersion) -> list[str]:
+    return list(json.loads(version.tags[Tags.FEATURE_NAMES]))
+
+
+def set_tags(client: MlflowClient, *, name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def promote(*, client: MlflowClient, name: str, version: str) -> None:
+    """Move ``champion`` to ``version``; a challenger alias on it is removed."""
+    client.set_registered_model_alias(name, CHAMPION, version)
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)
+    logger.info("model %s version %s is now %s", name, version, CHAMPION)
+
+
+def git_sha() -> str:
+    """The commit the code runs from, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextmanager
+def finish_run(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Mark the MLflow run FINISHED when the block succeeds and FAILED when it raises
+    (KeyboardInterrupt and cancellation included), so no run is left RUNNING."""
+    try:
+        yield
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,424 @@
+"""The ONNX runtime side of serving: load a registered model, check it, and predict.
+
+:func:`load_model` resolves a registry alias to a version, downloads the version's
+MLflow ONNX model, refuses it unless the sha256 of ``model.onnx`` equals the version's
+``onnx_sha256`` tag, builds an onnxruntime session from exactly the bytes it hashed, and
+runs one warm-up inference. The result, a :class:`LoadedModel`, is immutable: a new
+champion is a new object, swapped in with one reference assignment.
+
+What a served version carries (written by the training flow):
+
+==================  ================================================================
+``model.onnx``      input ``features`` float32 [N, F], output ``probabilities``
+                    float32 [N, 2] (column 1 = P(positive)); scaling is in the graph
+``onnx_sha256``     sha256 hex of ``model.onnx``
+``feature_names``   JSON list: the input columns, in order
+``feature_views``   JSON list of ``"view@version"``: where entity features are read
+``entity_key``      the entity column, e.g. ``card_id``
+==================  ================================================================
+
+Feature rows come either inline (:func:`rows_to_matrix`) or from the online store by
+entity key (:func:`features_for_entities`); both give the raw float32 matrix the graph
+expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.artifacts
+import numpy as np
+import onnxruntime as ort
+from mlflow.exceptions import MlflowException
+
+from mlops.errors import (
+    EntityNotFoundError,
+    FeatureStoreError,
+    IntegrityError,
+    NoChampionError,
+    RegistryError,
+    SchemaError,
+    VersionMismatchError,
+)
+from mlops.features.online.base import OnlineStore
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "probabilities"
+MODEL_FILE = "model.onnx"
+REQUIRED_TAGS = ("onnx_sha256", "feature_names", "feature_views", "entity_key")
+DEFAULT_INTRA_OP_THREADS = 4
+POSITIVE_THRESHOLD = 0.5
+"""P(positive) at or above which the predicted label is 1."""
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# MLflow's answers when the model or the alias does not exist.
+_NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
+class FeatureRowError(SchemaError):
+    """An inline feature row lacks a model feature or has one the model does not know.
+
+    ``row`` is the row's index in the request, ``feature`` the offending name and
+    ``problem`` one of ``"missing"``, ``"unknown"``, ``"not finite"``.
+    """
+
+    def __init__(self, *, row: int, feature: str, problem: str, message: str) -> None:
+        self.row = row
+        self.feature = feature
+        self.problem = problem
+        super().__init__(message)
+
+
+class IncompleteFeaturesError(FeatureStoreError):
+    """The online store holds a row for the entity, but a model feature is absent or NaN."""
+
+    def __init__(self, *, view: str, entity: str, feature: str) -> None:
+        self.view = view
+        self.entity = entity
+        self.feature = feature
+        super().__init__(
+            f"view {view!r} has no usable value for feature {feature!r} of entity "
+            f"{entity!r} (missing or NaN): send the features inline or rematerialize the view"
+        )
+
+
+@dataclass(frozen=True)
+class ViewRef:
+    """A feature view at one version, written ``name@version`` in tags."""
+
+    name: str
+    version: str
+
+    @classmethod
+    def parse(cls, ref: str) -> ViewRef:
+        """``"card_features@3f2a9c"`` → ``ViewRef("card_features", "3f2a9c")``."""
+        name, sep, version = ref.rpartition("@")
+        if not sep or not name or not version:
+            raise RegistryError(f"feature view reference {ref!r} is not of the form name@version")
+        return cls(name=name, version=version)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified, warmed ONNX model version, ready to predict."""
+
+    name: str
+    version: str
+    alias: str
+    feature_names: tuple[str, ...]
+    feature_views: tuple[ViewRef, ...]
+    entity_key: str
+    onnx_sha256: str
+    signature: dict[str, Any]
+    session: ort.InferenceSession = field(repr=False, compare=False)
+    loaded_at: datetime
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities [N, 2] for the raw feature matrix ``x`` [N, F] (columns in order)."""
+        matrix = np.ascontiguousarray(x, dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape[1] != self.n_features:
+            raise SchemaError(
+                f"model {self.name} v{self.version} takes a [N, {self.n_features}] matrix, "
+                f"got shape {list(matrix.shape)}"
+            )
+        if matrix.shape[0] == 0:
+            return np.empty((0, 2), dtype=np.float32)
+        (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: matrix})
+        return np.asarray(out, dtype=np.float32)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_model(
+    *,
+    client: mlflow.MlflowClient,
+    name: str,
+    alias: str = "champion",
+    cache_dir: Path,
+    intra_op_threads: int | None = None,
+) -> LoadedModel:
+    """Resolve ``name@alias``, download, verify, build and warm the ONNX session.
+
+    Raises :class:`NoChampionError` when no version carries ``alias``,
+    :class:`IntegrityError` when ``model.onnx`` does not match the ``onnx_sha256`` tag,
+    and :class:`RegistryError` when the registry cannot be read or a tag is malformed.
+    """
+    started = time.perf_counter()
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND_CODES:
+            raise NoChampionError(
+                f"no version of model {name!r} has alias {alias!r} yet: "
+                "run `mlops demo` or the train and evaluate flows"
+            ) from exc
+        raise RegistryError(f"cannot resolve model {name!r} alias {alias!r}: {exc}") from exc
+
+    tags: dict[str, str] = dict(version.tags or {})
+    missing = [tag for tag in REQUIRED_TAGS if not tags.get(tag)]
+    if missing:
+        raise IntegrityError(
+            f"model {name!r} version {version.version} lacks tag(s) {', '.join(missing)}: "
+            "it was not registered by the training flow and cannot be served"
+        )
+    expected_sha = tags["onnx_sha256"].strip().lower()
+    feature_names = _json_str_list(tags["feature_names"], tag="feature_names", name=name)
+    views = tuple(
+        ViewRef.parse(ref)
+        for ref in _json_str_list(tags["feature_views"], tag="feature_views", name=name)
+    )
+
+    model_bytes = _fetch_model_bytes(
+        client=client,
+        name=name,
+        version=str(version.version),
+        expected_sha=expected_sha,
+        cache_dir=cache_dir,
+    )
+    actual_sha = sha256_hex(model_bytes)
+    if actual_sha != expected_sha:
+        raise IntegrityError(
+            f"model {name!r} version {version.version}: sha256 of {MODEL_FILE} is "
+            f"{actual_sha} but the version's onnx_sha256 tag is {expected_sha}; refusing to serve"
+        )
+
+    session = _build_session(model_bytes, intra_op_threads=intra_op_threads)
+    signature = _check_signature(session, n_features=len(feature_names), name=name)
+    model = LoadedModel(
+        name=name,
+        version=str(version.version),
+        alias=alias,
+        feature_names=tuple(feature_names),
+        feature_views=views,
+        entity_key=tags["entity_key"],
+        onnx_sha256=actual_sha,
+        signature=signature,
+        session=session,
+        loaded_at=datetime.now(UTC),
+    )
+    warm = model.predict(np.zeros((1, model.n_features), dtype=np.float32))
+    if warm.shape != (1, 2):
+        raise IntegrityError(
+            f"model {name!r} version {model.version}: warm-up output has shape "
+            f"{list(warm.shape)}, expected [1, 2]"
+        )
+    logger.info(
+        "loaded model %s v%s (alias %s, sha256 %s…) in %.2fs",
+        name,
+        model.version,
+        alias,
+        actual_sha[:12],
+        time.perf_counter() - started,
+    )
+    return model
+
+
+def _json_str_list(raw: str, *, tag: str, name: str) -> list[str]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"model {name!r}: tag {tag!r} is not JSON: {raw!r}") from exc
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RegistryError(f"model {name!r}: tag {tag!r} must be a JSON list of names: {raw!r}")
+    if len(set(value)) != len(value):
+        raise RegistryError(f"model {name!r}: tag {tag!r} repeats a name: {raw!r}")
+    return value
+
+
+def _fetch_model_bytes(
+    *, client: mlflow.MlflowClient, name: str, version: str, expected_sha: str, cache_dir: Path
+) -> bytes:
+    """``model.onnx`` of the version, from ``cache_dir/name/version`` when it still matches.
+
+    A fresh download goes to a temporary folder beside the cache entry and replaces it
+    whole, so a half-written download is never read back.
+    """
+    target = cache_dir / name / version
+    cached = target / MODEL_FILE
+    if cached.is_file():
+        data = cached.read_bytes()
+        if sha256_hex(data) == expected_sha:
+            logger.debug("model %s v%s: using cached %s", name, version, cached)
+            return data
+        logger.warning("model %s v%s: cached %s does not match, downloading", name, version, cached)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    try:
+        uri = client.get_model_version_download_uri(name, version)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(staging), tracking_uri=client.tracking_uri
+        )
+        model_file = Path(local) / MODEL_FILE
+        if not model_file.is_file():
+            raise IntegrityError(
+                f"model {name!r} version {version}: its artifacts at {uri} have no {MODEL_FILE} "
+                "(only ONNX models are served)"
+            )
+        data = model_file.read_bytes()
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(Path(local), target)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot download model {name!r} version {version}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return data
+
+
+def _build_session(model_bytes: bytes, *, intra_op_threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    threads = intra_op_threads or min(DEFAULT_INTRA_OP_THREADS, os.cpu_count() or 1)
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(
+            model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise IntegrityError(f"onnxruntime cannot load the model: {exc}") from exc
+
+
+def _check_signature(
+    session: ort.InferenceSession, *, n_features: int, name: str
+) -> dict[str, Any]:
+    """The graph's inputs and outputs as JSON; raises unless they follow the contract."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise IntegrityError(
+            f"model {name!r}: the graph must take {INPUT_NAME!r} and return {OUTPUT_NAME!r}; "
+            f"it takes {sorted(inputs)} and returns {sorted(outputs)}"
+        )
+    width = inputs[INPUT_NAME].shape[-1] if inputs[INPUT_NAME].shape else None
+    if isinstance(width, int) and width != n_features:
+        raise IntegrityError(
+            f"model {name!r}: the graph takes {width} features but the feature_names tag "
+            f"lists {n_features}"
+        )
+
+    def describe(arg: Any) -> dict[str, Any]:
+        return {"name": arg.name, "type": arg.type, "shape": list(arg.shape)}
+
+    return {
+        "inputs": [describe(i) for i in session.get_inputs()],
+        "outputs": [describe(o) for o in session.get_outputs()],
+    }
+
+
+def rows_to_matrix(rows: Sequence[Mapping[str, float]], feature_names: Sequence[str]) -> np.ndarray:
+    """Inline feature rows → float32 matrix [N, F] with columns in ``feature_names`` order.
+
+    Every row must hold exactly the model's features, each a finite number (also once
+    cast to float32). Raises :class:`FeatureRowError` naming the row and the feature.
+    """
+    names = list(feature_names)
+    known = set(names)
+    matrix = np.empty((len(rows), len(names)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        for feature in row:
+            if feature not in known:
+                raise FeatureRowError(
+                    row=i,
+                    feature=feature,
+                    problem="unknown",
+                    message=f"rows[{i}]: unknown feature {feature!r}; the model takes "
+                    f"{', '.join(names)}",
+                )
+        for j, feature in enumerate(names):
+            if feature not in row:
+                raise FeatureRowError(
+                    row=i,
+                    feature=feature,
+                    problem="missing",
+                    message=f"rows[{i}]: missing feature {feature!r}",
+                )
+            value = float(row[feature])
+            if not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+                raise FeatureRowError(
+                    row=i,
+                    feature=feature,
+                    problem="not finite",
+                    message=f"rows[{i}]: feature {feature!r} = {row[feature]!r} is not a "
+                    "finite float32",
+                )
+            matrix[i, j] = value
+    return matrix
+
+
+def features_for_entities(
+    store: OnlineStore, model: LoadedModel, keys: Sequence[str]
+) -> np.ndarray:
+    """The model's raw feature matrix [len(keys), F] read from the online store.
+
+    Reads every view the model was trained on. Raises :class:`EntityNotFoundError`
+    naming the keys a view has no row for, :class:`VersionMismatchError` when a stored
+    row was computed by another version of its view than the model recorded, and
+    :class:`IncompleteFeaturesError` when a model feature is absent or NaN.
+    :class:`mlops.errors.StoreUnavailableError` from the store passes through.
+    """
+    columns: dict[str, np.ndarray] = {}
+    for ref in model.feature_views:
+        rows = store.read(view=ref.name, keys=keys)
+        missing = [key for key in dict.fromkeys(keys) if rows.get(key) is None]
+        if missing:
+            raise EntityNotFoundError(ref.name, missing)
+        for key in keys:
+            row = rows[key]
+            assert row is not None
+            if row.version != ref.version:
+                raise VersionMismatchError(
+                    f"view {ref.name!r} holds features of version {row.version} for entity "
+                    f"{key!r}, but model {model.name} v{model.version} was trained on version "
+                    f"{ref.version}: rematerialize the view or promote a model trained on it"
+                )
+        wanted = [f for f in model.feature_names if f not in columns]
+        first = rows[keys[0]] if keys else None
+        for feature in wanted:
+            if first is not None and feature in first.values:
+                column = np.empty(len(keys), dtype=np.float32)
+                for i, key in enumerate(keys):
+                    row = rows[key]
+                    assert row is not None
+                    value = row.values.get(feature, math.nan)
+                    if not math.isfinite(value):
+                        raise IncompleteFeaturesError(view=ref.name, entity=key, feature=feature)
+                    column[i] = value
+                columns[feature] = column
+    absent = [f for f in model.feature_names if f not in columns]
+    if absent and keys:
+        views = ", ".join(str(ref) for ref in model.feature_views)
+        raise FeatureStoreError(
+            f"model {model.name} v{model.version} needs feature(s) {', '.join(absent)} that "
+            f"none of its views ({views}) hold"
+        )
+    if not keys:
+        return np.empty((0, model.n_features), dtype=np.float32)
+    return np.stack([columns[f] for f in model.feature_names], axis=1)

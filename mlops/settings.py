@@ -1,0 +1,177 @@
+"""One settings root for the whole platform.
+
+Every value comes from ``MLOPS_*`` environment variables (nested groups use ``__``,
+for example ``MLOPS_ONLINE_STORE__TYPE=redis``) or an ``.env`` file. With no
+configuration at all everything lives under ``MLOPS_HOME`` (default ``./.mlops``):
+
+========================  ==========================================
+concern                   embedded default
+========================  ==========================================
+orchestration             Prefect's ephemeral API, ``<home>/prefect``
+runs and models           ``sqlite:///<home>/mlflow.db`` + ``<home>/mlartifacts``
+offline features          ``<home>/offline`` (Parquet)
+online features           ``<home>/online.db`` (SQLite)
+request log               ``sqlite:///<home>/requests.db``
+========================  ==========================================
+
+Nothing is created when settings are read: :meth:`Settings.ensure_home` makes the
+folders, and is called by the CLI, the app lifespan and the flows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PrefectSettings(BaseModel):
+    """Where Prefect's API lives. Empty ``api_url`` means the ephemeral API in the home."""
+
+    api_url: str | None = None
+    home: Path | None = Field(default=None, description="PREFECT_HOME; default <home>/prefect")
+
+
+class MlflowSettings(BaseModel):
+    tracking_uri: str | None = Field(default=None, description="default sqlite:///<home>/mlflow.db")
+    registry_uri: str | None = Field(default=None, description="default: the tracking URI")
+    artifact_root: str | None = Field(default=None, description="default <home>/mlartifacts")
+    experiment: str = "mlops"
+
+
+class OfflineStoreSettings(BaseModel):
+    path: Path | None = Field(default=None, description="default <home>/offline")
+
+
+class SqliteOnlineStoreSettings(BaseModel):
+    type: Literal["sqlite"] = "sqlite"
+    path: Path | None = Field(default=None, description="default <home>/online.db")
+
+
+class RedisOnlineStoreSettings(BaseModel):
+    type: Literal["redis"] = "redis"
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "mlops"
+    socket_timeout_s: float = 2.0
+
+
+OnlineStoreSettings = SqliteOnlineStoreSettings | RedisOnlineStoreSettings
+
+
+class RequestLogSettings(BaseModel):
+    url: str | None = Field(default=None, description="default sqlite:///<home>/requests.db")
+
+
+class ServingSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str = "fraud_detector"
+    max_batch_rows: int = Field(default=10_000, ge=1)
+    api_token: SecretStr = SecretStr("change-me")
+
+
+class Settings(BaseSettings):
+    """The platform's settings root (env prefix ``MLOPS_``, nested delimiter ``__``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "production"] = "development"
+    home: Path = Path(".mlops")
+    prefect: PrefectSettings = PrefectSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    offline_store: OfflineStoreSettings = OfflineStoreSettings()
+    online_store: OnlineStoreSettings = Field(
+        default_factory=SqliteOnlineStoreSettings, discriminator="type"
+    )
+    request_log: RequestLogSettings = RequestLogSettings()
+    serving: ServingSettings = ServingSettings()
+
+    @model_validator(mode="after")
+    def _resolve_defaults(self) -> Settings:
+        """Fill every embedded default from the home folder (absolute paths)."""
+        home = self.home.expanduser().resolve()
+        self.home = home
+        if self.prefect.home is None and self.prefect.api_url is None:
+            self.prefect.home = home / "prefect"
+        if self.mlflow.tracking_uri is None:
+            self.mlflow.tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+        if self.mlflow.registry_uri is None:
+            self.mlflow.registry_uri = self.mlflow.tracking_uri
+        if self.mlflow.artifact_root is None:
+            self.mlflow.artifact_root = str(home / "mlartifacts")
+        if self.offline_store.path is None:
+            self.offline_store.path = home / "offline"
+        if isinstance(self.online_store, SqliteOnlineStoreSettings) and (
+            self.online_store.path is None
+        ):
+            self.online_store.path = home / "online.db"
+        if self.request_log.url is None:
+            self.request_log.url = f"sqlite:///{home / 'requests.db'}"
+        if (
+            self.environment != "development"
+            and self.serving.api_token.get_secret_value() == "change-me"
+        ):
+            raise ValueError(
+                "MLOPS_SERVING__API_TOKEN is the placeholder 'change-me' outside development: "
+                "set a real token"
+            )
+        return self
+
+    # --- derived paths (always set after validation) -----------------------------------
+    @property
+    def offline_path(self) -> Path:
+        assert self.offline_store.path is not None
+        return self.offline_store.path
+
+    @property
+    def tracking_uri(self) -> str:
+        assert self.mlflow.tracking_uri is not None
+        return self.mlflow.tracking_uri
+
+    @property
+    def registry_uri(self) -> str:
+        return self.mlflow.registry_uri or self.tracking_uri
+
+    @property
+    def data_dir(self) -> Path:
+        """Where generated or imported raw event tables go."""
+        return self.home / "data"
+
+    def ensure_home(self) -> None:
+        """Create the home folder and the folders the embedded backends write into."""
+        for path in (self.home, self.data_dir, self.offline_path):
+            path.mkdir(parents=True, exist_ok=True)
+        if self.prefect.home is not None:
+            self.prefect.home.mkdir(parents=True, exist_ok=True)
+        if self.mlflow.artifact_root and "://" not in self.mlflow.artifact_root:
+            Path(self.mlflow.artifact_root).mkdir(parents=True, exist_ok=True)
+
+    def prefect_env(self) -> dict[str, str]:
+        """Environment for Prefect: the ephemeral API in the home, or the configured server.
+
+        Prefect reads its settings when it is imported, so the CLI applies these before
+        importing any flow (see :func:`apply_prefect_env`).
+        """
+        env = {
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
+        }
+        if self.prefect.api_url:
+            env["PREFECT_API_URL"] = self.prefect.api_url
+        if self.prefect.home is not None:
+            env["PREFECT_HOME"] = str(self.prefect.home)
+        return env
+
+
+def apply_prefect_env(settings: Settings) -> None:
+    """Put :meth:`Settings.prefect_env` into ``os.environ`` (call before importing prefect)."""
+    for key, value in settings.prefect_env().items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,184 @@
+"""Serving runtime helpers: feature matrices from inline rows and from an online store.
+
+The model is a real onnxruntime session over a two-node ONNX graph built in the test
+(probabilities = [1 - sigmoid(x·w), sigmoid(x·w)]); the online store is the real SQLite
+backend in a temporary file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from onnx import TensorProto, helper
+
+from mlops.errors import (
+    EntityNotFoundError,
+    FeatureStoreError,
+    RegistryError,
+    SchemaError,
+    VersionMismatchError,
+)
+from mlops.features.online import OnlineStore, build_online_store
+from mlops.serving import (
+    FeatureRowError,
+    IncompleteFeaturesError,
+    LoadedModel,
+    ViewRef,
+    features_for_entities,
+    rows_to_matrix,
+)
+from mlops.settings import SqliteOnlineStoreSettings
+
+FEATURES = ("a", "b", "c")
+WEIGHTS = np.array([[0.5], [-1.0], [2.0]], dtype=np.float32)
+
+
+def _session() -> ort.InferenceSession:
+    """features [N, 3] → probabilities [N, 2] = [1 - σ(xw), σ(xw)]."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 1], WEIGHTS.ravel().tolist())
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "w"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["p"]),
+            helper.make_node("Sub", ["one", "p"], ["q"]),
+            helper.make_node("Concat", ["q", "p"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
+        initializer=[w, one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _model(
+    views: tuple[ViewRef, ...] = (ViewRef("left", "v1"), ViewRef("right", "v2")),
+) -> LoadedModel:
+    return LoadedModel(
+        name="tiny",
+        version="7",
+        alias="champion",
+        feature_names=FEATURES,
+        feature_views=views,
+        entity_key="user_id",
+        onnx_sha256="0" * 64,
+        signature={},
+        session=_session(),
+        loaded_at=datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[OnlineStore]:
+    """SQLite store: view ``left`` holds a, b; view ``right`` holds c."""
+    store = build_online_store(SqliteOnlineStoreSettings(path=tmp_path / "online.db"))
+    now = datetime.now(UTC)
+    left = pd.DataFrame(
+        {"user_id": ["u1", "u2", "u3"], "ts": now, "a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, math.nan]}
+    )
+    right = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "ts": now, "c": [7.0, 8.0, 9.0]})
+    for view, version, frame, features in (
+        ("left", "v1", left, ["a", "b"]),
+        ("right", "v2", right, ["c"]),
+    ):
+        store.write_batch(
+            view=view,
+            version=version,
+            frame=frame,
+            entity="user_id",
+            timestamp="ts",
+            features=features,
+            ttl=timedelta(hours=1),
+        )
+    yield store
+    store.close()
+
+
+def test_view_ref_parse_round_trip() -> None:
+    ref = ViewRef.parse("card_features@3f2a9c")
+    assert ref == ViewRef("card_features", "3f2a9c")
+    assert str(ref) == "card_features@3f2a9c"
+    for bad in ("card_features", "@v1", "name@"):
+        with pytest.raises(RegistryError, match="name@version"):
+            ViewRef.parse(bad)
+
+
+def test_rows_to_matrix_orders_columns_by_feature_names() -> None:
+    rows = [{"c": 3.0, "a": 1.0, "b": 2.0}, {"b": -1.0, "c": 0.0, "a": 1e30}]
+    matrix = rows_to_matrix(rows, FEATURES)
+    assert matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix, np.array([[1, 2, 3], [1e30, -1, 0]], np.float32))
+    assert rows_to_matrix([], FEATURES).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("row", "feature", "problem"),
+    [
+        ({"a": 1.0, "b": 2.0}, "c", "missing"),
+        ({"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}, "d", "unknown"),
+        ({"a": 1.0, "b": math.inf, "c": 3.0}, "b", "not finite"),
+        ({"a": 1.0, "b": 2.0, "c": 1e39}, "c", "not finite"),
+    ],
+)
+def test_rows_to_matrix_names_row_and_feature(
+    row: dict[str, float], feature: str, problem: str
+) -> None:
+    good = {"a": 0.0, "b": 0.0, "c": 0.0}
+    with pytest.raises(FeatureRowError) as caught:
+        rows_to_matrix([good, row], FEATURES)
+    assert (caught.value.row, caught.value.feature, caught.value.problem) == (1, feature, problem)
+    assert "rows[1]" in str(caught.value) and repr(feature) in str(caught.value)
+    assert isinstance(caught.value, SchemaError)
+
+
+def test_predict_matches_the_formula_and_checks_shape() -> None:
+    model = _model()
+    x = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    p = 1.0 / (1.0 + np.exp(-(x @ WEIGHTS).ravel()))
+    np.testing.assert_allclose(model.predict(x), np.stack([1 - p, p], axis=1), rtol=1e-6)
+    assert model.predict(np.empty((0, 3))).shape == (0, 2)
+    with pytest.raises(SchemaError, match=r"\[N, 3\]"):
+        model.predict(np.zeros((2, 4)))
+
+
+def test_features_for_entities_joins_views_in_feature_order(store: OnlineStore) -> None:
+    matrix = features_for_entities(store, _model(), ["u2", "u1", "u2"])
+    np.testing.assert_array_equal(
+        matrix, np.array([[2, 5, 8], [1, 4, 7], [2, 5, 8]], dtype=np.float32)
+    )
+    assert features_for_entities(store, _model(), []).shape == (0, 3)
+
+
+def test_features_for_entities_missing_key(store: OnlineStore) -> None:
+    with pytest.raises(EntityNotFoundError) as caught:
+        features_for_entities(store, _model(), ["u1", "ghost", "ghost2"])
+    assert caught.value.keys == ["ghost", "ghost2"]
+    assert caught.value.view == "left"
+
+
+def test_features_for_entities_version_mismatch_names_both(store: OnlineStore) -> None:
+    model = _model((ViewRef("left", "v1"), ViewRef("right", "v9")))
+    with pytest.raises(VersionMismatchError, match=r"version v2 .*version v9"):
+        features_for_entities(store, model, ["u1"])
+
+
+def test_features_for_entities_nan_value(store: OnlineStore) -> None:
+    with pytest.raises(IncompleteFeaturesError) as caught:
+        features_for_entities(store, _model(), ["u1", "u3"])
+    assert (caught.value.view, caught.value.entity, caught.value.feature) == ("left", "u3", "b")
+
+
+def test_features_for_entities_feature_in_no_view(store: OnlineStore) -> None:
+    with pytest.raises(FeatureStoreError, match="needs feature"):
+        features_for_entities(store, _model((ViewRef("left", "v1"),)), ["u1"])
