@@ -77,6 +77,7 @@ def train(
                 Tags.PARITY_MAX_ABS_DIFF: f"{parity:.3g}",
                 **{f"holdout.{k}": f"{v:.6g}" for k, v in metrics.items()},
             },
+            settings=settings,
         )
     summary: dict[str, Any] = {
         "model": spec.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,13 +49,12 @@ def mlflow_client(settings: Settings) -> MlflowClient:
 
 
 def configure_mlflow(settings: Settings) -> str:
-    """Point the mlflow module at the settings' tracking server; returns the experiment id.
+    """Make sure the settings' experiment exists; returns its id.
 
     Called at flow start (never at import). The experiment's artifacts go to
-    ``settings.mlflow.artifact_root``.
+    ``settings.mlflow.artifact_root``. MLflow's module-level URIs are left alone: code
+    that needs the fluent API wraps it in :func:`mlflow_uris`.
     """
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.registry_uri)
     client = mlflow_client(settings)
     name = settings.mlflow.experiment
     experiment = client.get_experiment_by_name(name)
@@ -69,6 +69,30 @@ def configure_mlflow(settings: Settings) -> str:
         if found is None:
             raise
         return str(found.experiment_id)
+
+
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def mlflow_uris(tracking_uri: str, registry_uri: str | None = None) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.onnx.log_model``, ``mlflow.register_model``) at
+    the settings' servers for the block, then restore what was there, environment too
+    (MLflow's setters also write ``MLFLOW_*_URI`` variables that child processes inherit).
+    """
+    saved = {key: os.environ.get(key) for key in _URI_VARS}
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri or tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

@@ -52,3 +52,11 @@ def mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLOPS_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     return home
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_uris() -> Iterator[None]:
+    """No test (and no flow) may leave MLflow's process-wide URIs pointing somewhere."""
+    yield
+    leaked = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    assert not any(leaked.values()), f"MLflow URIs leaked into the environment: {leaked}"

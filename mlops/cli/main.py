@@ -22,7 +22,7 @@ from mlops.errors import MlopsError
 from mlops.settings import Settings, apply_prefect_env
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors stay on one line: grep and copy them
 
 app = typer.Typer(
     name="mlops",

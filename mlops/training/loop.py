@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlops.errors import TrainingError
 from mlops.training.metrics import classification_metrics
 from mlops.training.model import MLPClassifier, Preprocess, TrainConfig
 
@@ -90,6 +91,11 @@ def train(
             idx = order[i : i + cfg.batch_size]
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 loss = loss_fn(model(xt[idx]).float(), yt[idx])
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the training loss became {float(loss)} in epoch {epoch}: "
+                    f"lower the learning rate (now {cfg.learning_rate:g}) or check the features"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -7,11 +7,14 @@ every feature is standardized with the training set's mean and standard deviatio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+
+from mlops.errors import TrainingError
 
 
 @dataclass
@@ -28,6 +31,23 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: bool = True  # used on CUDA only
     log_features: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be ≥ 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be ≥ 1 (got {self.batch_size})")
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            problems.append(f"learning_rate must be a positive number (got {self.learning_rate})")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            problems.append(f"hidden sizes must be positive (got {list(self.hidden)})")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device must be auto, cpu or cuda (got {self.device!r})")
+        if problems:
+            raise TrainingError("invalid training configuration: " + "; ".join(problems))
 
 
 class Preprocess(nn.Module):

@@ -22,7 +22,10 @@ def load_holdout(client: MlflowClient, name: str, version: str) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
-                run_id=mv.run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp
+                run_id=mv.run_id,
+                artifact_path=HOLDOUT_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=client.tracking_uri,
             )
         except Exception as exc:
             raise RegistryError(

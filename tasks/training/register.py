@@ -14,7 +14,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.onnx_export import onnx_session, sha256_bytes
-from mlops.registry import CHALLENGER, Tags, set_tags
+from mlops.registry import CHALLENGER, Tags, mlflow_uris, set_tags
+from mlops.settings import Settings
 from mlops.specs import ModelSpec
 from mlops.training.data import TimeSplits
 
@@ -29,6 +30,7 @@ def register_model(
     proto: onnx.ModelProto,
     splits: TimeSplits,
     tags: dict[str, str],
+    settings: Settings,
 ) -> str:
     """Log the ONNX model and the holdout to the run, register a version of
     ``spec.name`` with the contract tags and point ``challenger`` at it."""
@@ -42,7 +44,10 @@ def register_model(
         holdout_path = Path(tmp) / "holdout.parquet"
         splits.holdout.frame[holdout_cols].to_parquet(holdout_path, index=False)
         client.log_artifact(run_id, str(holdout_path), artifact_path="holdout")
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        with (
+            mlflow_uris(settings.tracking_uri, settings.registry_uri),
+            mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None),
+        ):
             info = mlflow.onnx.log_model(
                 proto,
                 name="model",
@@ -52,10 +57,10 @@ def register_model(
                 onnx_execution_providers=["CPUExecutionProvider"],
             )
             version = mlflow.register_model(info.model_uri, spec.name)
-        # the sha256 of the file as stored, which is what serving will hash
-        stored = mlflow.artifacts.download_artifacts(
-            artifact_uri=info.model_uri, dst_path=str(Path(tmp) / "model")
-        )
+            # the sha256 of the file as stored, which is what serving will hash
+            stored = mlflow.artifacts.download_artifacts(
+                artifact_uri=info.model_uri, dst_path=str(Path(tmp) / "model")
+            )
         sha = sha256_bytes((Path(stored) / "model.onnx").read_bytes())
     contract = {
         Tags.FEATURE_VIEWS: json.dumps([v.ref for v in spec.views]),

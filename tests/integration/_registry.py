@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from mlops.features.online.base import OnlineStore
+from mlops.registry import mlflow_uris
 
 FEATURES = ["amount", "amount_mean_24h", "events_count_1h"]
 ENTITY = "card_id"
@@ -72,16 +72,9 @@ def tiny_onnx_model() -> onnx.ModelProto:
         return onnx.load(path)
 
 
-@contextmanager
-def tracking(uri: str) -> Iterator[None]:
+def tracking(uri: str) -> AbstractContextManager[None]:
     """MLflow's fluent API pointed at ``uri`` for the block, then back as it was."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        # None unsets it again (MLflow accepts it; its annotation does not say so).
-        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
+    return mlflow_uris(uri, uri)
 
 
 def new_registry(root: Path) -> tuple[str, str]:

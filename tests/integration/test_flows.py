@@ -1,0 +1,141 @@
+"""The flows against real backends: a Prefect test API, MLflow on SQLite, Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from flows.evaluate import evaluate
+from flows.materialize import materialize
+from flows.train import train
+from mlops.data.generate import generate_transactions, write_events
+from mlops.errors import TrainingError
+from mlops.features.compute import latest_per_entity
+from mlops.features.offline import OfflineStore
+from mlops.features.online import build_online_store
+from mlops.registry import CHALLENGER, CHAMPION, Tags
+from mlops.settings import Settings
+from mlops.specs import get_spec, transactions_path
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+END = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def data(mlops_home: Path) -> Settings:
+    settings = Settings()
+    settings.ensure_home()
+    events = generate_transactions(n_entities=800, days=28, seed=2, end=END)
+    write_events(events, Path(transactions_path(settings)))
+    return settings
+
+
+@pytest.fixture
+def redis_store(
+    data: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("MLOPS_ONLINE_STORE__TYPE", "redis")
+    monkeypatch.setenv("MLOPS_ONLINE_STORE__URL", redis_url)
+    monkeypatch.setenv("MLOPS_ONLINE_STORE__KEY_PREFIX", prefix)
+    settings = Settings()
+    yield settings
+    store = build_online_store(settings.online_store)
+    store.teardown("card_transactions")
+    store.close()
+
+
+def test_materialize_into_redis_is_idempotent_and_matches_offline(redis_store: Settings) -> None:
+    settings = redis_store
+    view = get_spec("fraud_detector", settings).views[0]
+    first = materialize(view_name=view.name)
+    offline = OfflineStore(settings.offline_path)
+    before = offline.read(view)
+    files_before = sorted(p.name for p in offline.view_dir(view).rglob("*") if p.is_file())
+
+    second = materialize(view_name=view.name)
+    after = offline.read(view)
+    files_after = sorted(p.name for p in offline.view_dir(view).rglob("*") if p.is_file())
+    assert first == second
+    assert first["online_store"] == "redis"
+    assert files_before == files_after  # replaced, not added; no temp files left
+    pd.testing.assert_frame_equal(before, after)
+    assert len(after) == len(pd.read_parquet(transactions_path(settings)))
+
+    latest = latest_per_entity(view, after).set_index(view.entity)
+    keys = list(latest.index[:50])
+    store = build_online_store(settings.online_store)
+    try:
+        online = store.read(view=view.name, keys=keys)
+    finally:
+        store.close()
+    for key in keys:
+        row = online[key]
+        assert row is not None
+        assert row.version == view.version
+        expected = latest.loc[key, view.feature_names].to_numpy(dtype=float)
+        got = np.array([row.values[f] for f in view.feature_names])
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_materialize_a_window_writes_whole_days(data: Settings) -> None:
+    view = get_spec("fraud_detector", data).views[0]
+    result = materialize(
+        view_name=view.name,
+        start=datetime(2026, 1, 10, 13, tzinfo=UTC),
+        end=datetime(2026, 1, 12, 2, tzinfo=UTC),
+    )
+    assert result["window"] == "2026-01-10T00:00:00+00:00/2026-01-13T00:00:00+00:00"
+    days = OfflineStore(data.offline_path).days(view)
+    assert [d.isoformat() for d in days] == ["2026-01-10", "2026-01-11", "2026-01-12"]
+
+
+def test_rejected_challenger_keeps_the_champion(data: Settings) -> None:
+    materialize()
+    first = train(epochs=3, batch_size=128, seed=2)
+    assert evaluate()["promoted"] is True
+    second = train(epochs=1, batch_size=4096, seed=9)
+    result = evaluate(min_roc_auc=0.9999)
+
+    client = MlflowClient(tracking_uri=data.tracking_uri)
+    champion = client.get_model_version_by_alias("fraud_detector", CHAMPION)
+    challenger = client.get_model_version_by_alias("fraud_detector", CHALLENGER)
+    assert result["promoted"] is False
+    assert "below the minimum 0.9999" in result["reason"]
+    assert str(champion.version) == first["version"]
+    assert str(challenger.version) == second["version"]
+    assert challenger.tags[Tags.GATE_DECISION] == "rejected"
+    assert challenger.tags[Tags.GATE_REASON] == result["reason"]
+    assert result["champion_version_before"] == first["version"]
+
+
+def test_failed_training_marks_the_mlflow_run_failed(data: Settings) -> None:
+    materialize()
+    with pytest.raises(TrainingError, match="lower the learning rate"):
+        train(epochs=2, learning_rate=1e30)  # diverges: the loss stops being finite
+    client = MlflowClient(tracking_uri=data.tracking_uri)
+    experiment = client.get_experiment_by_name(data.mlflow.experiment)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_evaluate_without_challenger_says_what_to_do(data: Settings) -> None:
+    with pytest.raises(Exception, match="run the train flow"):
+        evaluate()
+
+
+def test_invalid_training_parameters_fail_before_any_run(data: Settings) -> None:
+    with pytest.raises(TrainingError, match="learning_rate must be a positive number"):
+        train(learning_rate=float("nan"))
+    client = MlflowClient(tracking_uri=data.tracking_uri)
+    experiment = client.get_experiment_by_name(data.mlflow.experiment)
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
