@@ -6,10 +6,12 @@
     ├── ConfigurationError          settings that cannot work (placeholder secret, bad URL)
     ├── DataError                   input data that breaks a rule (names file, rule, column)
     │   └── SchemaError             a column is missing or has the wrong type
+    │       └── FeatureRowError     an inline feature row lacks or mistypes a feature
     ├── FeatureViewError            a feature view definition is invalid
     ├── FeatureStoreError           the offline or online store failed
     │   ├── StoreUnavailableError   the backend's server cannot be reached
-    │   └── VersionMismatchError    features of another feature view version
+    │   ├── VersionMismatchError    features of another feature view version
+    │   └── IncompleteFeaturesError an online row lacks a model feature (or it is NaN)
     ├── EntityNotFoundError         no online features for these entity keys
     ├── TrainingError               training could not produce a model
     ├── ParityError                 ONNX and torch disagree beyond the tolerance
@@ -39,6 +41,20 @@ class SchemaError(DataError):
     pass
 
 
+class FeatureRowError(SchemaError):
+    """An inline feature row lacks a model feature or has one the model does not know.
+
+    ``row`` is the row's index in the request, ``feature`` the offending name and
+    ``problem`` one of ``"missing"``, ``"unknown"``, ``"not finite"``.
+    """
+
+    def __init__(self, *, row: int, feature: str, problem: str, message: str) -> None:
+        self.row = row
+        self.feature = feature
+        self.problem = problem
+        super().__init__(message)
+
+
 class FeatureViewError(MlopsError):
     pass
 
@@ -53,6 +69,19 @@ class StoreUnavailableError(FeatureStoreError):
 
 class VersionMismatchError(FeatureStoreError):
     pass
+
+
+class IncompleteFeaturesError(FeatureStoreError):
+    """The online store holds a row for the entity, but a model feature is absent or NaN."""
+
+    def __init__(self, *, view: str, entity: str, feature: str) -> None:
+        self.view = view
+        self.entity = entity
+        self.feature = feature
+        super().__init__(
+            f"view {view!r} has no usable value for feature {feature!r} of entity "
+            f"{entity!r} (missing or NaN): send the features inline or rematerialize the view"
+        )
 
 
 class EntityNotFoundError(MlopsError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -86,6 +87,9 @@ def demo(
     days: Annotated[int, typer.Option(min=7, help="Days of transactions.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed of the data and the model.")] = 0,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Training batch size (smaller for small data).")
+    ] = 1024,
     end: DateOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show flow logs.")] = False,
 ) -> None:
@@ -102,7 +106,12 @@ def demo(
     from mlops.cli.demo import DemoOptions, run_demo, today_utc
 
     opts = DemoOptions(
-        entities=entities, days=days, seed=seed, epochs=epochs, end=end or today_utc()
+        entities=entities,
+        days=days,
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        end=end or today_utc(),
     )
     console.rule("[bold]mlops demo")
     console.print(f"home: {settings.home}")
@@ -148,12 +157,27 @@ def _print_summary(settings: Settings, summary: Any) -> None:
     prefect_where = settings.prefect.api_url or f"{settings.prefect.home}/prefect.db (ephemeral)"
     table.add_row("Prefect state", prefect_where)
     console.print(table)
-    home = settings.home
     console.print("\nOpen the UIs on this state:")
-    console.print(f"  mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000")
+    tools = _tools_dir()
+    commands = [f"{tools}mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000"]
     if not settings.prefect.api_url:
-        console.print(f"  PREFECT_HOME={settings.prefect.home} prefect server start  # :4200")
-    console.print(f"  MLOPS_HOME={home} mlops serve  # the app, on the champion")
+        commands.append(
+            f"PREFECT_HOME={settings.prefect.home} {tools}prefect server start  # UI on :4200"
+        )
+    commands.append(f"MLOPS_HOME={settings.home} {tools}mlops serve  # the app, on the champion")
+    for command in commands:
+        console.print(f"  {command}", soft_wrap=True, highlight=False, markup=False)
+
+
+def _tools_dir() -> str:
+    """Where this interpreter's console scripts are, as the user can type it ('' on PATH)."""
+    bin_dir = Path(sys.executable).parent
+    if shutil.which("mlflow") == str(bin_dir / "mlflow"):
+        return ""
+    try:
+        return f"{bin_dir.relative_to(Path.cwd())}/"
+    except ValueError:
+        return f"{bin_dir}/"
 
 
 @app.command()

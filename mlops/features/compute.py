@@ -81,9 +81,3 @@ def compute_features(
         "datetime64[us, UTC]"
     )
     return frame
-
-
-def latest_per_entity(view: FeatureView, rows: pd.DataFrame) -> pd.DataFrame:
-    """The newest row of each entity (what the online store serves)."""
-    ordered = rows.sort_values(view.timestamp, kind="stable")
-    return ordered.drop_duplicates(view.entity, keep="last").reset_index(drop=True)

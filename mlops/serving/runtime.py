@@ -46,7 +46,9 @@ from mlflow.exceptions import MlflowException
 
 from mlops.errors import (
     EntityNotFoundError,
+    FeatureRowError,
     FeatureStoreError,
+    IncompleteFeaturesError,
     IntegrityError,
     NoChampionError,
     RegistryError,
@@ -69,33 +71,6 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # MLflow's answers when the model or the alias does not exist.
 _NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
-
-
-class FeatureRowError(SchemaError):
-    """An inline feature row lacks a model feature or has one the model does not know.
-
-    ``row`` is the row's index in the request, ``feature`` the offending name and
-    ``problem`` one of ``"missing"``, ``"unknown"``, ``"not finite"``.
-    """
-
-    def __init__(self, *, row: int, feature: str, problem: str, message: str) -> None:
-        self.row = row
-        self.feature = feature
-        self.problem = problem
-        super().__init__(message)
-
-
-class IncompleteFeaturesError(FeatureStoreError):
-    """The online store holds a row for the entity, but a model feature is absent or NaN."""
-
-    def __init__(self, *, view: str, entity: str, feature: str) -> None:
-        self.view = view
-        self.entity = entity
-        self.feature = feature
-        super().__init__(
-            f"view {view!r} has no usable value for feature {feature!r} of entity "
-            f"{entity!r} (missing or NaN): send the features inline or rematerialize the view"
-        )
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,11 @@
-"""Figures logged with every training run (matplotlib, headless)."""
+"""Figures logged with every training run.
+
+Built with matplotlib's object API (``Figure``), not pyplot: no backend is chosen and
+no global figure state is kept, so it is headless and safe in any thread.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
@@ -15,7 +14,8 @@ from sklearn.metrics import confusion_matrix
 
 def loss_curve(history: list[dict[str, float]]) -> Figure:
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
     ax1.set(xlabel="epoch", ylabel="log loss", title="Loss")
@@ -30,7 +30,8 @@ def loss_curve(history: list[dict[str, float]]) -> Figure:
 
 def calibration_plot(y_true: np.ndarray, p_positive: np.ndarray, bins: int = 10) -> Figure:
     frac_pos, mean_pred = calibration_curve(y_true, p_positive, n_bins=bins, strategy="quantile")
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
     ax.plot(mean_pred, frac_pos, marker="o", label="model")
     ax.set(xlabel="mean predicted probability", ylabel="observed positive rate")
@@ -42,7 +43,8 @@ def calibration_plot(y_true: np.ndarray, p_positive: np.ndarray, bins: int = 10)
 
 def confusion_plot(y_true: np.ndarray, p_positive: np.ndarray, threshold: float = 0.5) -> Figure:
     cm = confusion_matrix(y_true, p_positive >= threshold, labels=[0, 1])
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 from mlflow import MlflowClient
 from prefect import task
@@ -33,5 +32,4 @@ def score_holdout(
         ("confusion_matrix.png", confusion_plot(y, p)),
     ):
         client.log_figure(run_id, fig, f"plots/{name}")
-        plt.close(fig)
     return metrics

@@ -17,7 +17,6 @@ from flows.materialize import materialize
 from flows.train import train
 from mlops.data.generate import generate_transactions, write_events
 from mlops.errors import TrainingError
-from mlops.features.compute import latest_per_entity
 from mlops.features.offline import OfflineStore
 from mlops.features.online import build_online_store
 from mlops.registry import CHALLENGER, CHAMPION, Tags
@@ -70,7 +69,11 @@ def test_materialize_into_redis_is_idempotent_and_matches_offline(redis_store: S
     pd.testing.assert_frame_equal(before, after)
     assert len(after) == len(pd.read_parquet(transactions_path(settings)))
 
-    latest = latest_per_entity(view, after).set_index(view.entity)
+    latest = (
+        after.sort_values(view.timestamp, kind="stable")
+        .drop_duplicates(view.entity, keep="last")
+        .set_index(view.entity)
+    )
     keys = list(latest.index[:50])
     store = build_online_store(settings.online_store)
     try:

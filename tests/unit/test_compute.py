@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -12,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlops.features.compute import compute_features, feature_sql, latest_per_entity
+from mlops.features.compute import compute_features, feature_sql
 from mlops.features.definition import Aggregation, FeatureView
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
@@ -229,25 +228,6 @@ def test_same_window_length_shares_one_window_definition(view_factory) -> None:
     assert sql.count("w3600 AS (") == 1
     assert sql.count("w86400 AS (") == 1
     assert "RANGE BETWEEN INTERVAL 3600 SECOND PRECEDING AND CURRENT ROW" in sql
-
-
-def test_latest_per_entity(view_factory) -> None:
-    view = view_factory()
-    rows = pd.DataFrame(
-        {
-            "card_id": ["a", "b", "a", "b"],
-            "ts": pd.to_datetime(
-                ["2024-03-01 03:00", "2024-03-01 01:00", "2024-03-01 01:00", "2024-03-01 02:00"],
-                utc=True,
-            ),
-            "amount": [3.0, 1.0, 1.0, 2.0],
-        }
-    )
-    latest = latest_per_entity(view, rows).set_index("card_id")
-    assert latest.loc["a", "amount"] == 3.0
-    assert latest.loc["b", "amount"] == 2.0
-    assert len(latest) == 2
-    assert not math.isnan(latest.loc["a", "amount"])
 
 
 def test_unknown_column_is_an_error(view_factory) -> None:
