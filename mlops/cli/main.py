@@ -352,6 +352,35 @@ def serve(
     os.execvpe(cmd[0], cmd, {**os.environ, **_app_env(settings)})
 
 
+@app.command()
+def deploy(
+    serve_: Annotated[
+        bool,
+        typer.Option("--serve", help="Also run the deployments here until Ctrl-C."),
+    ] = False,
+) -> None:
+    """Register the deployments (`materialize/<view>`, `train/<model>`, `evaluate/<model>`).
+
+    With `--serve` this process also runs them (a Prefect runner): start flow runs from
+    the Prefect UI or with `prefect deployment run train/fraud_detector`.
+
+    Example: `mlops deploy --serve`
+    """
+    _settings()
+    from deployments import build_deployments
+
+    deployments = build_deployments(Settings())
+    if serve_:
+        from prefect import serve as prefect_serve
+
+        console.print(f"serving {len(deployments)} deployments (Ctrl-C to stop)")
+        prefect_serve(*deployments, print_starting_message=True)
+        return
+    for deployment in deployments:
+        deployment.apply()
+        console.print(f"registered {deployment.flow_name}/{deployment.name}")
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print the resolved settings (secrets hidden).

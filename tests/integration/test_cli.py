@@ -14,7 +14,16 @@ from mlops.cli.main import app
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 runner = CliRunner()
-COMMANDS = ["demo", "generate", "import-events", "materialize", "train", "evaluate", "serve"]
+COMMANDS = [
+    "demo",
+    "generate",
+    "import-events",
+    "materialize",
+    "train",
+    "evaluate",
+    "serve",
+    "deploy",
+]
 
 
 @pytest.mark.parametrize("command", [*COMMANDS, "settings"])
@@ -78,3 +87,14 @@ def test_evaluate_without_a_model_fails_cleanly(mlops_home: Path) -> None:
     result = runner.invoke(app, ["evaluate"])
     assert result.exit_code == 1
     assert "run the train flow" in result.output
+
+
+def test_deploy_registers_the_deployments(mlops_home: Path) -> None:
+    result = runner.invoke(app, ["deploy"])
+    assert result.exit_code == 0, result.output
+    for name in (
+        "materialize/card_transactions",
+        "train/fraud_detector",
+        "evaluate/fraud_detector",
+    ):
+        assert f"registered {name}" in result.output
