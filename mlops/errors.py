@@ -13,6 +13,7 @@
     │   ├── VersionMismatchError    features of another feature view version
     │   └── IncompleteFeaturesError an online row lacks a model feature (or it is NaN)
     ├── EntityNotFoundError         no online features for these entity keys
+    ├── DatasetNotFoundError        no dataset (or version) of that name in the catalog
     ├── TrainingError               training could not produce a model
     ├── ParityError                 ONNX and torch disagree beyond the tolerance
     └── RegistryError               the model registry has no such model / alias
@@ -90,6 +91,10 @@ class EntityNotFoundError(MlopsError):
         self.keys = list(keys)
         shown = ", ".join(self.keys[:10]) + (" …" if len(self.keys) > 10 else "")
         super().__init__(f"no online features in view {view!r} for entity keys: {shown}")
+
+
+class DatasetNotFoundError(MlopsError):
+    pass
 
 
 class TrainingError(MlopsError):

@@ -12,6 +12,7 @@ runs and models           ``sqlite:///<home>/mlflow.db`` + ``<home>/mlartifacts`
 offline features          ``<home>/offline`` (Parquet)
 online features           ``<home>/online.db`` (SQLite)
 request log               ``sqlite:///<home>/requests.db``
+user datasets             ``<home>/datasets`` + ``sqlite:///<home>/catalog.db``
 ========================  ==========================================
 
 Nothing is created when settings are read: :meth:`Settings.ensure_home` makes the
@@ -65,6 +66,17 @@ class RequestLogSettings(BaseModel):
     url: str | None = Field(default=None, description="default sqlite:///<home>/requests.db")
 
 
+class DatasetSettings(BaseModel):
+    """User datasets: where files and their catalog live, and the validation limits."""
+
+    catalog_url: str | None = Field(default=None, description="default sqlite:///<home>/catalog.db")
+    path: Path | None = Field(default=None, description="default <home>/datasets")
+    max_bytes: int = Field(default=200_000_000, ge=1, description="largest source file")
+    max_empty_fraction: float = Field(default=0.5, ge=0.0, le=1.0, description="per column")
+    min_rows: int = Field(default=2, ge=1)
+    ttl_days: int = Field(default=0, ge=0, description="versions expire after; 0 = never")
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -93,6 +105,7 @@ class Settings(BaseSettings):
     )
     request_log: RequestLogSettings = RequestLogSettings()
     serving: ServingSettings = ServingSettings()
+    datasets: DatasetSettings = DatasetSettings()
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
@@ -115,6 +128,10 @@ class Settings(BaseSettings):
             self.online_store.path = home / "online.db"
         if self.request_log.url is None:
             self.request_log.url = f"sqlite:///{home / 'requests.db'}"
+        if self.datasets.catalog_url is None:
+            self.datasets.catalog_url = f"sqlite:///{home / 'catalog.db'}"
+        if self.datasets.path is None:
+            self.datasets.path = home / "datasets"
         if (
             self.environment != "development"
             and self.serving.api_token.get_secret_value() == "change-me"

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mlops.cli.datasets import datasets_app
 from mlops.errors import MlopsError
 from mlops.settings import Settings, apply_prefect_env
 
@@ -36,6 +37,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="markdown",
 )
+
+app.add_typer(datasets_app, name="datasets")
 
 DateOpt = Annotated[
     datetime | None,
