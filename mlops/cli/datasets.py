@@ -12,16 +12,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mlops.cli.common import console, fail, load_settings
 from mlops.datasets.catalog import DatasetCatalog, DatasetVersion, open_catalog
 from mlops.datasets.service import add_dataset, cleanup_expired, dataset_file, list_datasets
 from mlops.errors import MlopsError
 from mlops.settings import Settings
-
-console = Console()
-err = Console(stderr=True, soft_wrap=True)  # errors stay on one line: grep and copy them
 
 datasets_app = typer.Typer(
     help=(
@@ -34,28 +31,19 @@ datasets_app = typer.Typer(
 )
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"error: {exc}", style="red", markup=False, highlight=False)
-    return typer.Exit(1)
-
-
 @contextmanager
 def _catalog() -> Iterator[tuple[Settings, DatasetCatalog]]:
     """Settings and a catalog on a fresh engine; errors end the command with exit code 1."""
-    try:
-        settings = Settings()
-    except ValueError as exc:
-        err.print(f"invalid settings: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from exc
+    settings = load_settings()
     assert settings.datasets.catalog_url is not None
     try:
         catalog = open_catalog(settings.datasets.catalog_url)
     except Exception as exc:  # a catalog that cannot be reached: one line, not a traceback
-        raise _fail(MlopsError(f"cannot open the dataset catalog: {exc}")) from exc
+        raise fail(MlopsError(f"cannot open the dataset catalog: {exc}")) from exc
     try:
         yield settings, catalog
     except MlopsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         catalog.engine.dispose()
 

@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mlops.cli.common import console, err, fail, load_settings
 from mlops.cli.datasets import datasets_app
 from mlops.errors import MlopsError
 from mlops.settings import Settings, apply_prefect_env
-
-console = Console()
-err = Console(stderr=True, soft_wrap=True)  # errors stay on one line: grep and copy them
 
 app = typer.Typer(
     name="mlops",
@@ -48,11 +45,7 @@ DateOpt = Annotated[
 
 def _settings(verbose: bool = False) -> Settings:
     """Settings from the environment, and the environment Prefect and MLflow need."""
-    try:
-        settings = Settings()
-    except ValueError as exc:
-        err.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    settings = load_settings()
     settings.ensure_home()  # before prefect is imported: it makes PREFECT_HOME on import
     apply_prefect_env(settings)
     level = "INFO" if verbose else "WARNING"
@@ -69,11 +62,6 @@ def _app_env(settings: Settings) -> dict[str, str]:
     env = {"MLOPS_HOME": str(settings.home), **settings.prefect_env()}
     env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     return env
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(1)
 
 
 def _show(result: dict[str, Any], title: str) -> None:
@@ -128,7 +116,7 @@ def demo(
         with console.status("working…", spinner="dots"):
             summary = run_demo(settings, opts, step=step, app_env=_app_env(settings))
     except MlopsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _print_summary(settings, summary)
 
 
@@ -218,7 +206,7 @@ def generate(
             end=end or today_utc(),
         )
     except MlopsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     path = write_events(frame, out or Path(transactions_path(settings)))
     console.print(
         f"wrote {len(frame):,} events of {frame['card_id'].nunique():,} cards to {path} "
@@ -255,7 +243,7 @@ def import_events(
         target = Path(str(spec.labels.path))
         write_events(frame, target)
     except MlopsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(f"imported {len(frame):,} events from {path} into {target}")
 
 
@@ -276,7 +264,7 @@ def materialize_cmd(
     try:
         result = materialize(view_name=view, start=start, end=end)
     except MlopsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _show(result, f"materialized {view}")
 
 
@@ -309,7 +297,7 @@ def train_cmd(
             end=end,
         )
     except MlopsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _show(result, f"trained {model}")
 
 
@@ -332,7 +320,7 @@ def evaluate_cmd(
     try:
         result = evaluate(model_name=model, min_roc_auc=min_roc_auc, max_regression=max_regression)
     except MlopsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _show(
         {k: v for k, v in result.items() if not isinstance(v, dict)},
         f"evaluated {model}",
@@ -369,10 +357,10 @@ def deploy(
 
     Example: `mlops deploy --serve`
     """
-    _settings()
+    settings = _settings()
     from deployments import build_deployments
 
-    deployments = build_deployments(Settings())
+    deployments = build_deployments(settings)
     if serve_:
         from prefect import serve as prefect_serve
 
@@ -394,7 +382,7 @@ def show_settings() -> None:
     console.print_json(json.dumps(settings.model_dump(mode="json"), default=str))
 
 
-def main() -> None:  # pragma: no cover - console-script entry
+def main() -> None:  # pragma: no cover - the console script's entry point
     try:
         app()
     except KeyboardInterrupt:
