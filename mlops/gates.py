@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mlops.tags import Tags
+
 # float noise: 0.90 - 0.88 is 0.0200000000000000018, which must not exceed 0.02
 _EPSILON = 1e-9
 
@@ -20,14 +22,14 @@ class GateDecision:
 
     def tags(self) -> dict[str, str]:
         return {
-            "gate.decision": "promoted" if self.promote else "rejected",
-            "gate.reason": self.reason,
-            "gate.roc_auc": f"{self.challenger_roc_auc:.6g}",
-            "gate.champion_roc_auc": (
+            Tags.GATE_DECISION: "promoted" if self.promote else "rejected",
+            Tags.GATE_REASON: self.reason,
+            Tags.GATE_ROC_AUC: f"{self.challenger_roc_auc:.6g}",
+            Tags.GATE_CHAMPION_ROC_AUC: (
                 "" if self.champion_roc_auc is None else f"{self.champion_roc_auc:.6g}"
             ),
-            "gate.min_roc_auc": f"{self.min_roc_auc:g}",
-            "gate.max_regression": f"{self.max_regression:g}",
+            Tags.GATE_MIN_ROC_AUC: f"{self.min_roc_auc:g}",
+            Tags.GATE_MAX_REGRESSION: f"{self.max_regression:g}",
         }
 
 

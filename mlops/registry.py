@@ -21,27 +21,14 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from mlops.settings import Settings
+from mlops.tags import Tags
+
+__all__ = ["CHALLENGER", "CHAMPION", "Tags"]
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-
-class Tags:
-    """Model version tag names (contracts: serving and evaluation read them)."""
-
-    FEATURE_VIEWS = "feature_views"  # JSON list of "name@version"
-    FEATURE_NAMES = "feature_names"  # JSON list, the ONNX input's column order
-    ENTITY_KEY = "entity_key"
-    DATA_WINDOW = "data_window"  # "<start>/<end>" ISO 8601
-    ONNX_SHA256 = "onnx_sha256"
-    TRAIN_FLOW_RUN_ID = "train_flow_run_id"
-    GIT_SHA = "git_sha"
-    PARITY_MAX_ABS_DIFF = "onnx_parity_max_abs_diff"
-    GATE_DECISION = "gate.decision"  # promoted | rejected
-    GATE_REASON = "gate.reason"
-    GATE_PREFIX = "gate."
 
 
 def mlflow_client(settings: Settings) -> MlflowClient:

@@ -56,13 +56,14 @@ from mlops.errors import (
     VersionMismatchError,
 )
 from mlops.features.online.base import OnlineStore
+from mlops.tags import Tags
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 MODEL_FILE = "model.onnx"
-REQUIRED_TAGS = ("onnx_sha256", "feature_names", "feature_views", "entity_key")
+REQUIRED_TAGS = Tags.REQUIRED_FOR_SERVING
 DEFAULT_INTRA_OP_THREADS = 4
 POSITIVE_THRESHOLD = 0.5
 """P(positive) at or above which the predicted label is 1."""
@@ -162,11 +163,11 @@ def load_model(
             f"model {name!r} version {version.version} lacks tag(s) {', '.join(missing)}: "
             "it was not registered by the training flow and cannot be served"
         )
-    expected_sha = tags["onnx_sha256"].strip().lower()
-    feature_names = _json_str_list(tags["feature_names"], tag="feature_names", name=name)
+    expected_sha = tags[Tags.ONNX_SHA256].strip().lower()
+    feature_names = _json_str_list(tags[Tags.FEATURE_NAMES], tag=Tags.FEATURE_NAMES, name=name)
     views = tuple(
         ViewRef.parse(ref)
-        for ref in _json_str_list(tags["feature_views"], tag="feature_views", name=name)
+        for ref in _json_str_list(tags[Tags.FEATURE_VIEWS], tag=Tags.FEATURE_VIEWS, name=name)
     )
 
     model_bytes = _fetch_model_bytes(
@@ -191,7 +192,7 @@ def load_model(
         alias=alias,
         feature_names=tuple(feature_names),
         feature_views=views,
-        entity_key=tags["entity_key"],
+        entity_key=tags[Tags.ENTITY_KEY],
         onnx_sha256=actual_sha,
         signature=signature,
         session=session,

@@ -1,0 +1,28 @@
+"""Model version tag names: contracts between training, evaluation and serving.
+
+Kept free of heavy imports so pure modules (gates, serving) can share them.
+"""
+
+from __future__ import annotations
+
+
+class Tags:
+    """Model version tag names (contracts: serving and evaluation read them)."""
+
+    FEATURE_VIEWS = "feature_views"  # JSON list of "name@version"
+    FEATURE_NAMES = "feature_names"  # JSON list, the ONNX input's column order
+    ENTITY_KEY = "entity_key"
+    DATA_WINDOW = "data_window"  # "<start>/<end>" ISO 8601
+    ONNX_SHA256 = "onnx_sha256"
+    TRAIN_FLOW_RUN_ID = "train_flow_run_id"
+    GIT_SHA = "git_sha"
+    PARITY_MAX_ABS_DIFF = "onnx_parity_max_abs_diff"
+    GATE_DECISION = "gate.decision"  # promoted | rejected
+    GATE_REASON = "gate.reason"
+    GATE_ROC_AUC = "gate.roc_auc"
+    GATE_CHAMPION_ROC_AUC = "gate.champion_roc_auc"
+    GATE_MIN_ROC_AUC = "gate.min_roc_auc"
+    GATE_MAX_REGRESSION = "gate.max_regression"
+
+    # what serving refuses to load a version without
+    REQUIRED_FOR_SERVING = (ONNX_SHA256, FEATURE_NAMES, FEATURE_VIEWS, ENTITY_KEY)
