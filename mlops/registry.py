@@ -7,7 +7,6 @@ candidate the one aliased ``challenger``. Stages are never used.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -90,10 +89,6 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
-
-
-def feature_names_of(version: ModelVersion) -> list[str]:
-    return list(json.loads(version.tags[Tags.FEATURE_NAMES]))
 
 
 def set_tags(client: MlflowClient, *, name: str, version: str, tags: dict[str, str]) -> None:

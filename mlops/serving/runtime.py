@@ -56,6 +56,7 @@ from mlops.errors import (
     VersionMismatchError,
 )
 from mlops.features.online.base import OnlineStore
+from mlops.registry import version_by_alias
 from mlops.tags import Tags
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,6 @@ POSITIVE_THRESHOLD = 0.5
 """P(positive) at or above which the predicted label is 1."""
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-# MLflow's answers when the model or the alias does not exist.
-_NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
 @dataclass(frozen=True)
@@ -147,14 +145,14 @@ def load_model(
     """
     started = time.perf_counter()
     try:
-        version = client.get_model_version_by_alias(name, alias)
+        version = version_by_alias(client, name, alias)
     except MlflowException as exc:
-        if exc.error_code in _NOT_FOUND_CODES:
-            raise NoChampionError(
-                f"no version of model {name!r} has alias {alias!r} yet: "
-                "run `mlops demo` or the train and evaluate flows"
-            ) from exc
         raise RegistryError(f"cannot resolve model {name!r} alias {alias!r}: {exc}") from exc
+    if version is None:
+        raise NoChampionError(
+            f"no version of model {name!r} has alias {alias!r} yet: "
+            "run `mlops demo` or the train and evaluate flows"
+        )
 
     tags: dict[str, str] = dict(version.tags or {})
     missing = [tag for tag in REQUIRED_TAGS if not tags.get(tag)]
