@@ -1,6 +1,7 @@
 """Deployments defined in code, named as DESIGN.md fixes them.
 
-``materialize/<view>``, ``train/<model>`` and ``evaluate/<model>`` for every model spec.
+``materialize/<view>`` for every feature view (code and ``features.yaml``; incremental),
+``train/<model>`` and ``evaluate/<model>`` for every model spec.
 :func:`build_deployments` returns them unapplied; ``mlops deploy`` registers them with
 the Prefect API, and ``mlops deploy --serve`` also runs them in this process (a Prefect
 runner) so the Prefect UI and ``prefect deployment run`` can start flow runs.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlops.settings import Settings
-from mlops.specs import SPECS, get_spec
+from mlops.specs import SPECS, all_views, get_spec
 
 
 def build_deployments(settings: Settings) -> list[Any]:
@@ -22,11 +23,9 @@ def build_deployments(settings: Settings) -> list[Any]:
     from flows.train import train
 
     deployments: list[Any] = []
-    views: dict[str, str] = {}
+    views = {view.name: view.description for view in all_views(settings)}
     for spec_name in SPECS:
         spec = get_spec(spec_name, settings)
-        for view in spec.views:
-            views.setdefault(view.name, view.description)
         deployments.append(
             train.to_deployment(
                 name=spec.name,
@@ -47,8 +46,9 @@ def build_deployments(settings: Settings) -> list[Any]:
         deployments.append(
             materialize.to_deployment(
                 name=view_name,
-                parameters={"view_name": view_name},
-                description=description or f"Materialize {view_name}.",
+                parameters={"view_name": view_name, "mode": "incremental"},
+                description=(description or f"Materialize {view_name}.")
+                + " Incremental: from the last materialized day.",
                 tags=["mlops", f"view:{view_name}"],
             )
         )

@@ -17,7 +17,7 @@ from mlops.registry import Tags, configure_mlflow, finish_run, git_sha, mlflow_c
 from mlops.settings import Settings
 from mlops.specs import get_spec
 from mlops.training.model import TrainConfig
-from tasks.training.build_training_set import build_training_set
+from tasks.training.build_training_set import build_training_set, load_labels
 from tasks.training.export_onnx import export_and_check
 from tasks.training.fit import fit_model
 from tasks.training.register import register_model
@@ -37,9 +37,13 @@ def train(
     hidden: list[int] | None = None,
     device: str = "auto",
     seed: int = 0,
+    labels_dataset: str | None = None,
 ) -> dict[str, Any]:
     """Train ``model_name`` on labels in [start, end) (default: all materialized data),
-    register the ONNX model as a new version and alias it ``challenger``."""
+    register the ONNX model as a new version and alias it ``challenger``.
+
+    ``labels_dataset`` (``name`` or ``name@version``) takes the label rows from a
+    registered dataset instead of the spec's label table."""
     logger = get_run_logger()
     settings = Settings()
     spec = get_spec(model_name, settings)
@@ -55,7 +59,8 @@ def train(
     client = mlflow_client(settings)
     lo, hi = align(start, end)
 
-    training_set: pd.DataFrame = build_training_set(spec, settings.offline_path, lo, hi)
+    labels: pd.DataFrame = load_labels(spec, settings, lo, hi, labels_dataset)
+    training_set: pd.DataFrame = build_training_set(spec, settings.offline_path, labels)
     splits = split_by_time(spec, training_set)
     ts = training_set[spec.timestamp]
     data_window = f"{ts.min().isoformat()}/{ts.max().isoformat()}"

@@ -13,6 +13,8 @@ offline features          ``<home>/offline`` (Parquet)
 online features           ``<home>/online.db`` (SQLite)
 request log               ``sqlite:///<home>/requests.db``
 user datasets             ``<home>/datasets`` + ``sqlite:///<home>/catalog.db``
+feature registry          ``sqlite:///<home>/catalog.db`` (the datasets' catalog database)
+feature views             in code (:mod:`mlops.specs`) and ``./features.yaml`` if present
 ========================  ==========================================
 
 Nothing is created when settings are read: :meth:`Settings.ensure_home` makes the
@@ -77,6 +79,25 @@ class DatasetSettings(BaseModel):
     ttl_days: int = Field(default=0, ge=0, description="versions expire after; 0 = never")
 
 
+class FeatureSettings(BaseModel):
+    """Feature views from YAML, the feature registry, and how materialization is chunked."""
+
+    definitions: Path = Field(
+        default=Path("features.yaml"),
+        description="YAML file of feature views, beside the project (optional)",
+    )
+    registry_url: str | None = Field(
+        default=None, description="default sqlite:///<home>/catalog.db"
+    )
+    chunk_events: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="events computed per materialization chunk, look-back included "
+        "(bounds memory; about 1 GiB peak at the default)",
+    )
+    skew_sample: int = Field(default=200, ge=0, description="entities the skew check compares")
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -106,6 +127,7 @@ class Settings(BaseSettings):
     request_log: RequestLogSettings = RequestLogSettings()
     serving: ServingSettings = ServingSettings()
     datasets: DatasetSettings = DatasetSettings()
+    features: FeatureSettings = FeatureSettings()
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:
@@ -130,6 +152,9 @@ class Settings(BaseSettings):
             self.request_log.url = f"sqlite:///{home / 'requests.db'}"
         if self.datasets.catalog_url is None:
             self.datasets.catalog_url = f"sqlite:///{home / 'catalog.db'}"
+        self.features.definitions = self.features.definitions.expanduser().resolve()
+        if self.features.registry_url is None:
+            self.features.registry_url = self.datasets.catalog_url
         if self.datasets.path is None:
             self.datasets.path = home / "datasets"
         if (

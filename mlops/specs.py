@@ -1,8 +1,12 @@
-"""Model specs: what a registered model is trained on.
+"""Model specs and the feature views they read.
 
 A :class:`ModelSpec` names the registered model, the feature views it reads, and the
 table of labelled events the training set is built from. The flows take a model name
 and look its spec up here; the demo's ``fraud_detector`` is the one built in.
+
+Feature views come from two places: the views of the specs in code, and the YAML file
+``settings.features.definitions`` (``./features.yaml`` by default) when it exists.
+:func:`all_views` gives both; a view name is declared in one place only.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from mlops.errors import ConfigurationError
+from mlops.errors import ConfigurationError, FeatureViewError
 from mlops.features.definition import Aggregation, FeatureView, Source
+from mlops.features.yaml_defs import load_views
 from mlops.settings import Settings
 
 HOUR = timedelta(hours=1)
@@ -86,10 +91,54 @@ def get_spec(name: str, settings: Settings) -> ModelSpec:
         raise ConfigurationError(f"unknown model spec {name!r}; known: {known}") from None
 
 
-def get_view(name: str, settings: Settings) -> FeatureView:
+def code_views(settings: Settings) -> list[FeatureView]:
+    """The feature views of the model specs in code, each name once, in spec order.
+
+    Two specs may share a view; the same name with two definitions is an error.
+    """
+    found: dict[str, tuple[str, FeatureView]] = {}
     for spec_name in SPECS:
         for view in get_spec(spec_name, settings).views:
-            if view.name == name:
-                return view
-    known = sorted({v.name for s in SPECS for v in get_spec(s, settings).views})
-    raise ConfigurationError(f"unknown feature view {name!r}; known: {', '.join(known)}")
+            if view.name not in found:
+                found[view.name] = (spec_name, view)
+            elif found[view.name][1].version != view.version:
+                raise FeatureViewError(
+                    f"feature view {view.name!r} has two definitions in code: in model spec "
+                    f"{found[view.name][0]!r} (version {found[view.name][1].version}) and in "
+                    f"{spec_name!r} (version {view.version})"
+                )
+    return [view for _, view in found.values()]
+
+
+def yaml_views(settings: Settings) -> list[FeatureView]:
+    """The views of ``settings.features.definitions``; none when that file does not exist."""
+    path = settings.features.definitions
+    return load_views(path) if path.is_file() else []
+
+
+def all_views(settings: Settings) -> list[FeatureView]:
+    """Every feature view: the code specs' views, then those of the YAML definitions file.
+
+    A YAML view named like a code view is a :class:`FeatureViewError` naming both places.
+    """
+    views = code_views(settings)
+    in_code = {view.name for view in views}
+    for view in yaml_views(settings):
+        if view.name in in_code:
+            raise FeatureViewError(
+                f"feature view {view.name!r} is declared twice: in code (mlops/specs.py, the "
+                f"model specs' views) and in {settings.features.definitions}: rename or remove "
+                "one of them"
+            )
+        views.append(view)
+    return views
+
+
+def get_view(name: str, settings: Settings) -> FeatureView:
+    """The feature view called ``name`` (code or YAML); :class:`ConfigurationError` if none."""
+    views = all_views(settings)
+    for view in views:
+        if view.name == name:
+            return view
+    known = ", ".join(sorted(v.name for v in views)) or "none"
+    raise ConfigurationError(f"unknown feature view {name!r}; known: {known}")

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from mlops.cli.common import console, err, fail, load_settings
 from mlops.cli.datasets import datasets_app
+from mlops.cli.features import features_app
 from mlops.errors import MlopsError
 from mlops.settings import Settings, apply_prefect_env
 
@@ -36,6 +37,7 @@ app = typer.Typer(
 )
 
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(features_app, name="features")
 
 DateOpt = Annotated[
     datetime | None,
@@ -252,17 +254,40 @@ def materialize_cmd(
     view: Annotated[str, typer.Argument(help="Feature view name.")] = "card_transactions",
     start: DateOpt = None,
     end: DateOpt = None,
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental",
+            help="Go on from the last materialized day recorded in the feature registry "
+            "(and redo any missing or unreadable partition); --start is ignored.",
+        ),
+    ] = False,
+    chunk_days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Days per chunk; default: as many days as keep a chunk within "
+            "MLOPS_FEATURES__CHUNK_EVENTS events (2M), which bounds memory.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Materialize a feature view over whole UTC days (default: all the source covers).
 
-    Example: `mlops materialize card_transactions --start 2026-01-01 --end 2026-02-01`
+    Example: `mlops materialize card_transactions --start 2026-01-01 --end 2026-02-01`,
+    or `mlops materialize card_transactions --incremental` from a schedule.
     """
     _settings(verbose)
     from flows.materialize import materialize
 
     try:
-        result = materialize(view_name=view, start=start, end=end)
+        result = materialize(
+            view_name=view,
+            start=start,
+            end=end,
+            mode="incremental" if incremental else "full",
+            chunk_days=chunk_days,
+        )
     except MlopsError as exc:
         raise fail(exc) from exc
     _show(result, f"materialized {view}")
@@ -277,11 +302,19 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     start: DateOpt = None,
     end: DateOpt = None,
+    labels_dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Label rows from a registered dataset (NAME or NAME@VERSION, see "
+            "`mlops datasets ls`) instead of the spec's label table."
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train a model spec and register it as the `challenger`.
 
-    Example: `mlops train --epochs 10 --device cuda`
+    Example: `mlops train --epochs 10 --device cuda`, or
+    `mlops train --labels-dataset fraud_labels@2`
     """
     _settings(verbose)
     from flows.train import train
@@ -295,6 +328,7 @@ def train_cmd(
             device=device,
             start=start,
             end=end,
+            labels_dataset=labels_dataset,
         )
     except MlopsError as exc:
         raise fail(exc) from exc

@@ -3,6 +3,9 @@
 One feature row per source event. An aggregate over window ``w`` at a row with time
 ``t`` covers the entity's events with ``t - w <= timestamp <= t`` (the row itself and
 any event at the same instant included), so every value is known at time ``t``.
+Sums and means are computed in fixed point (values rounded to 1e-9), so they are exact
+and the same whatever rows a query saw: materializing in chunks of any size, or again,
+writes the same values.
 The windows are DuckDB ``RANGE`` window functions over the events frame.
 """
 
@@ -16,6 +19,9 @@ import pandas as pd
 from mlops.features.definition import FeatureView
 from mlops.features.source import to_utc
 
+#: Sums and means add values as fixed-point decimals (9 places; |value| < 1e29).
+EXACT_SUM_TYPE = "DECIMAL(38, 9)"
+
 _SQL_FUNCTION = {"count": "count", "sum": "sum", "mean": "avg", "min": "min", "max": "max"}
 
 
@@ -28,11 +34,18 @@ def feature_sql(view: FeatureView) -> str:
     key, ts = _quote(view.entity), _quote(view.timestamp)
     windows: dict[int, str] = {}
     selects = [f"CAST({key} AS VARCHAR) AS {key}", ts]
+    if view.created_timestamp:
+        selects.append(_quote(view.created_timestamp))
     selects += [f"CAST({_quote(c)} AS DOUBLE) AS {_quote(c)}" for c in view.features]
     for agg in view.aggregations:
         seconds = int(agg.window.total_seconds())
         win = windows.setdefault(seconds, f"w{seconds}")
         arg = "*" if agg.function == "count" else _quote(agg.column)
+        if agg.function in ("sum", "mean"):
+            # Exact (fixed-point) sums: a value does not depend on which other rows the
+            # query saw or in what order it added them, so every chunking of a
+            # materialization writes the same bytes.
+            arg = f"CAST({arg} AS {EXACT_SUM_TYPE})"
         expr = f"{_SQL_FUNCTION[agg.function]}({arg}) OVER {win}"
         selects.append(f"CAST({expr} AS DOUBLE) AS {_quote(agg.feature_name)}")
     window_defs = ", ".join(

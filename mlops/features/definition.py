@@ -6,6 +6,10 @@ aggregates (``count``/``sum``/``mean``/``min``/``max`` over a trailing window th
 and includes, the row's own timestamp). Its :attr:`~FeatureView.version` is a hash of the
 definition, so changing a feature makes a new version.
 
+``created_timestamp`` optionally names the column that says when each event reached the
+source (late-arriving data): a feature row then counts in point-in-time joins only from
+that time, never from its earlier event time.
+
 The source path is not part of the version: the same definition read from another folder
 or bucket computes the same features.
 """
@@ -82,6 +86,7 @@ class FeatureView:
     ttl: timedelta = timedelta(days=7)
     description: str = ""
     owner: str = ""
+    created_timestamp: str | None = None
     tags: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +95,7 @@ class FeatureView:
     # --- identity -------------------------------------------------------------------
     def definition(self) -> dict[str, object]:
         """The part of the view that decides its values (what the version hashes)."""
-        return {
+        out: dict[str, object] = {
             "name": self.name,
             "entity": self.entity,
             "timestamp": self.timestamp,
@@ -106,6 +111,10 @@ class FeatureView:
             ],
             "ttl_s": int(self.ttl.total_seconds()),
         }
+        if self.created_timestamp:
+            # Only when set, so views without one keep the versions they had.
+            out["created_timestamp"] = self.created_timestamp
+        return out
 
     @property
     def version(self) -> str:
@@ -125,6 +134,8 @@ class FeatureView:
     def source_columns(self) -> list[str]:
         """Columns the source must have."""
         cols = [self.entity, self.timestamp, *self.features]
+        if self.created_timestamp:
+            cols.append(self.created_timestamp)
         cols += [a.column for a in self.aggregations if a.function != "count"]
         return list(dict.fromkeys(cols))
 
@@ -139,6 +150,7 @@ class FeatureView:
             ("name", self.name),
             ("entity", self.entity),
             ("timestamp", self.timestamp),
+            ("created_timestamp", self.created_timestamp or "ok"),
         ):
             if not _NAME.match(value):
                 problems.append(f"{label} {value!r} is not a valid identifier")

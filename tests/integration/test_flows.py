@@ -16,7 +16,7 @@ from flows.evaluate import evaluate
 from flows.materialize import materialize
 from flows.train import train
 from mlops.data.generate import generate_transactions, write_events
-from mlops.errors import TrainingError
+from mlops.errors import SchemaError, TrainingError
 from mlops.features.offline import OfflineStore
 from mlops.features.online import build_online_store
 from mlops.registry import CHALLENGER, CHAMPION, Tags
@@ -142,3 +142,50 @@ def test_invalid_training_parameters_fail_before_any_run(data: Settings) -> None
     client = MlflowClient(tracking_uri=data.tracking_uri)
     experiment = client.get_experiment_by_name(data.mlflow.experiment)
     assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+def test_train_on_labels_from_a_registered_dataset(data: Settings, tmp_path: Path) -> None:
+    from mlops.datasets.catalog import open_catalog
+    from mlops.datasets.service import add_dataset
+
+    materialize()
+    events = pd.read_parquet(transactions_path(data))
+    labels = events[["card_id", "event_timestamp", "is_fraud"]].rename(
+        columns={"card_id": "card", "event_timestamp": "labelled_at"}
+    )
+    labels = labels[labels["labelled_at"] >= labels["labelled_at"].min() + pd.Timedelta(days=7)]
+    csv = tmp_path / "labels.csv"
+    labels.to_csv(csv, index=False)
+    assert data.datasets.catalog_url is not None
+    catalog = open_catalog(data.datasets.catalog_url)
+    try:
+        record = add_dataset(
+            settings=data,
+            catalog=catalog,
+            path=csv,
+            name="fraud_labels",
+            entity="card",
+            timestamp="labelled_at",
+        )
+    finally:
+        catalog.engine.dispose()
+    result = train(epochs=1, batch_size=512, labels_dataset=f"fraud_labels@{record.version}")
+    first, last = result["data_window"].split("/")
+    assert pd.Timestamp(first) == pd.Timestamp(labels["labelled_at"].min())
+    assert pd.Timestamp(last) == pd.Timestamp(labels["labelled_at"].max())
+    with pytest.raises(SchemaError, match="no label column 'is_fraud'"):
+        unlabelled = tmp_path / "unlabelled.csv"
+        labels.drop(columns=["is_fraud"]).to_csv(unlabelled, index=False)
+        catalog = open_catalog(data.datasets.catalog_url)
+        try:
+            add_dataset(
+                settings=data,
+                catalog=catalog,
+                path=unlabelled,
+                name="no_labels",
+                entity="card",
+                timestamp="labelled_at",
+            )
+        finally:
+            catalog.engine.dispose()
+        train(epochs=1, labels_dataset="no_labels")

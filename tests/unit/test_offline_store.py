@@ -169,7 +169,7 @@ def test_failed_write_leaves_old_partition_and_no_tmp(
 ) -> None:
     store.write(view, rows_for(["2024-03-01 01:00"], [1.0]), [D1])
 
-    def broken(table: pa.Table, where: Path) -> None:
+    def broken(table: pa.Table, where: Path, **_: object) -> None:
         Path(where).write_bytes(b"half a file")
         raise OSError("disk full")
 

@@ -2,13 +2,15 @@
 
 :func:`build_online_store` picks the backend from the settings' ``type`` and imports
 only that backend's module (``redis`` is not imported for an SQLite store).
-:func:`latest_per_entity` is the batch preparation both backends share.
+:func:`latest_per_entity` is the batch preparation both backends share, and
+:func:`matrix_from_rows` turns rows as ``read`` returns them into an :class:`OnlineMatrix`
+(a backend with no faster path answers ``read_matrix`` with it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -17,22 +19,26 @@ import numpy as np
 import pandas as pd
 
 from mlops.errors import ConfigurationError, DataError, FeatureStoreError, SchemaError
-from mlops.features.online.base import OnlineRow, OnlineStore
+from mlops.features.online.base import OnlineMatrix, OnlineRow, OnlineStore
 
 if TYPE_CHECKING:
     from mlops.settings import RedisOnlineStoreSettings, SqliteOnlineStoreSettings
 
 __all__ = [
     "LatestRows",
+    "OnlineMatrix",
     "OnlineRow",
     "OnlineStore",
     "build_online_store",
+    "epoch_us",
     "from_epoch_us",
     "latest_per_entity",
+    "matrix_from_rows",
     "ttl_seconds",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def build_online_store(config: SqliteOnlineStoreSettings | RedisOnlineStoreSettings) -> OnlineStore:
@@ -104,6 +110,38 @@ def latest_per_entity(
 def from_epoch_us(us: int) -> datetime:
     """Epoch microseconds → tz-aware UTC datetime (exact)."""
     return _EPOCH + timedelta(microseconds=us)
+
+
+def epoch_us(moment: datetime) -> int:
+    """A tz-aware datetime → epoch microseconds (exact); the inverse of :func:`from_epoch_us`."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def matrix_from_rows(
+    rows: Mapping[str, OnlineRow | None], *, keys: Sequence[str], features: Sequence[str]
+) -> OnlineMatrix:
+    """An :class:`OnlineMatrix` of ``features`` for ``keys``, from rows as ``read`` returns."""
+    names = list(features)
+    values = np.full((len(keys), len(names)), np.nan)
+    found = np.zeros(len(keys), dtype=bool)
+    event_ts_us = np.zeros(len(keys), dtype=np.int64)
+    versions: list[str | None] = [None] * len(keys)
+    for i, key in enumerate(keys):
+        row = rows.get(key)
+        if row is None:
+            continue
+        found[i] = True
+        versions[i] = row.version
+        event_ts_us[i] = epoch_us(row.event_timestamp)
+        values[i] = [row.values.get(name, math.nan) for name in names]
+    return OnlineMatrix(
+        keys=list(keys),
+        features=names,
+        values=values,
+        found=found,
+        versions=versions,
+        event_ts_us=event_ts_us,
+    )
 
 
 def ttl_seconds(ttl: timedelta) -> int:

@@ -3,7 +3,8 @@
 ``online_features`` holds one row per (view, entity): the event time in epoch
 microseconds (UTC), the feature values as a JSON object (NaN as ``null``), the view
 version, and when and for how long the row was written. Expired rows are filtered on
-read and count as absent when a write checks event-time order, as if they had gone.
+read, count as absent when a write checks event-time order, as if they had gone, and are
+left out of :meth:`SqliteOnlineStore.newest_event_timestamp` (``MAX(event_ts)``).
 
 The file (and its folder) is created on first use, in WAL mode so that a materialize
 flow can write while the app reads. One connection is shared by all threads, behind
@@ -20,14 +21,19 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from mlops.errors import FeatureStoreError, StoreUnavailableError
-from mlops.features.online import from_epoch_us, latest_per_entity, ttl_seconds
-from mlops.features.online.base import OnlineRow
+from mlops.features.online import (
+    from_epoch_us,
+    latest_per_entity,
+    matrix_from_rows,
+    ttl_seconds,
+)
+from mlops.features.online.base import OnlineMatrix, OnlineRow
 
 logger = logging.getLogger(__name__)
 
@@ -148,30 +154,61 @@ class SqliteOnlineStore:
 
     def read(self, *, view: str, keys: Sequence[str]) -> Mapping[str, OnlineRow | None]:
         """Rows for ``keys``; ``None`` where absent or expired."""
-        out: dict[str, OnlineRow | None] = dict.fromkeys(keys)
-        unique = list(out)
-        fetched: list[tuple[str, str, int, float, int, str]] = []
-        with self._connection(f"read(view={view!r})") as db:
-            for start in range(0, len(unique), _READ_CHUNK):
-                chunk = unique[start : start + _READ_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                fetched += db.execute(
-                    "SELECT entity, version, event_ts, written_at, ttl_s, payload "
-                    f"FROM online_features WHERE view = ? AND entity IN ({marks})",
-                    (view, *chunk),
-                ).fetchall()
+        return self._rows({view: keys}, f"read(view={view!r})")[view]
+
+    def read_many(
+        self, requests: Mapping[str, Sequence[str]]
+    ) -> dict[str, Mapping[str, OnlineRow | None]]:
+        """Rows for several views' keys: one query per view (and 500 keys), one lock hold."""
+        return self._rows(requests, f"read_many(views={list(requests)!r})")
+
+    def read_matrix(
+        self, *, view: str, keys: Sequence[str], features: Sequence[str]
+    ) -> OnlineMatrix:
+        """``features`` of ``keys`` as an :class:`OnlineMatrix` (built from :meth:`read`)."""
+        rows = self._rows({view: keys}, f"read_matrix(view={view!r})")[view]
+        return matrix_from_rows(rows, keys=keys, features=features)
+
+    def _rows(
+        self, requests: Mapping[str, Sequence[str]], operation: str
+    ) -> dict[str, Mapping[str, OnlineRow | None]]:
+        out: dict[str, dict[str, OnlineRow | None]] = {
+            view: dict.fromkeys(keys) for view, keys in requests.items()
+        }
+        fetched: list[tuple[str, str, str, int, float, int, str]] = []
+        with self._connection(operation) as db:
+            for view, rows in out.items():
+                unique = list(rows)
+                for start in range(0, len(unique), _READ_CHUNK):
+                    chunk = unique[start : start + _READ_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    fetched += db.execute(
+                        "SELECT view, entity, version, event_ts, written_at, ttl_s, payload "
+                        f"FROM online_features WHERE view = ? AND entity IN ({marks})",
+                        (view, *chunk),
+                    ).fetchall()
         now = time.time()
-        for key, version, event_ts, written_at, ttl_s, payload in fetched:
+        for view, key, version, event_ts, written_at, ttl_s, payload in fetched:
             if written_at + ttl_s < now:
                 continue
             values = {
                 name: math.nan if value is None else float(value)
                 for name, value in json.loads(payload).items()
             }
-            out[key] = OnlineRow(
+            out[view][key] = OnlineRow(
                 values=values, event_timestamp=from_epoch_us(event_ts), version=version
             )
-        return out
+        return dict(out)
+
+    def newest_event_timestamp(self, view: str) -> datetime | None:
+        """``MAX(event_ts)`` over the view's rows that have not expired."""
+        with self._connection(f"newest_event_timestamp({view!r})") as db:
+            (newest,) = db.execute(
+                "SELECT MAX(event_ts) FROM online_features "
+                "WHERE view = ? AND written_at + ttl_s >= ?",
+                (view, time.time()),
+            ).fetchone()
+        return None if newest is None else from_epoch_us(newest)
 
     def teardown(self, view: str) -> None:
         """Delete every row of ``view``."""

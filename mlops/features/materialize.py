@@ -1,0 +1,478 @@
+"""Materializing a feature view in bounded memory: source → offline store + online store.
+
+The window (whole UTC days) is cut into chunks of whole days holding at most
+``chunk_events`` events, look-back included (or of ``chunk_days`` days when asked). Each
+chunk reads from the source file(s) only its events plus the aggregation look-back,
+never the whole table, and its rows are written as the chunk's day partitions (each
+atomically). Peak memory is set by the chunk, not by the source: a bigger source only
+means more chunks.
+
+The online store receives each entity's newest row once, after the last chunk (the
+newest rows of all chunks are folded together as the chunks go, one row per entity).
+Online writes are event-time monotonic, so materializing an old window never replaces
+a newer row.
+
+A rerun over the same window rewrites the same partitions with the same bytes (rows are
+written in a total order) and the online store with the same values. A crash midway
+leaves every partition either old or new, never half-written; running again repairs
+it, and :meth:`~mlops.features.offline.OfflineStore.unreadable_days` finds partitions
+damaged by something else so an incremental run rewrites them too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlops.errors import DataError, SchemaError
+from mlops.features.compute import _quote, feature_sql
+from mlops.features.definition import FeatureView, Source
+from mlops.features.offline import OfflineStore
+from mlops.features.online import OnlineStore
+from mlops.features.source import to_utc
+from mlops.features.window import Window, align
+
+if TYPE_CHECKING:
+    from mlops.features.registry import FeatureRegistry
+
+logger = logging.getLogger(__name__)
+
+#: Events computed per chunk, look-back included: what bounds a materialization's memory.
+DEFAULT_CHUNK_EVENTS = 2_000_000
+
+#: DuckDB's own memory cap for one chunk query (it spills to disk beyond it).
+DUCKDB_MEMORY_LIMIT = "1GB"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Days ``[start, end)`` of one query; events from ``start - lookback`` are read."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def days(self) -> list[date]:
+        return Window(self.start, self.end).days
+
+
+@dataclass(frozen=True)
+class Plan:
+    view: FeatureView
+    window: Window
+    chunks: list[Chunk]
+
+    @property
+    def days(self) -> list[date]:
+        return self.window.days
+
+
+@dataclass
+class ChunkResult:
+    chunk: Chunk
+    rows: int
+    partitions: int
+    max_event_ts: datetime | None
+    latest: pa.Table  # each entity's newest row in the chunk
+
+
+@dataclass
+class MaterializeResult:
+    view: str
+    version: str
+    start: datetime
+    end: datetime
+    rows: int
+    partitions: int
+    entities_online: int
+    max_event_ts: datetime | None
+    chunks: int
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "view": self.view,
+            "version": self.version,
+            "window": f"{self.start.isoformat()}/{self.end.isoformat()}",
+            "rows": self.rows,
+            "partitions": self.partitions,
+            "chunks": self.chunks,
+            "entities_online": self.entities_online,
+            "max_event_ts": None if self.max_event_ts is None else self.max_event_ts.isoformat(),
+        }
+
+
+# --- the source, read by DuckDB -------------------------------------------------------
+def _scan_sql(source: Source) -> str:
+    """A DuckDB table function reading ``source`` (a file or a folder of Parquet)."""
+    path = Path(source.path)
+    if not path.exists():
+        raise DataError(f"source {path} does not exist")
+    if source.format == "csv":
+        return f"read_csv({_literal(str(path))}, header = true)"
+    target = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
+    return f"read_parquet({_literal(target)})"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'")
+    con.execute("SET preserve_insertion_order=false")
+    return con
+
+
+def _events_sql(view: FeatureView, con: duckdb.DuckDBPyConnection) -> str:
+    """SELECT of the view's source columns with its time column(s) as TIMESTAMPTZ.
+
+    Checks the columns exist and that the time columns are timestamps (or text DuckDB
+    can cast), naming the source and the column otherwise.
+    """
+    scan = _scan_sql(view.source)
+    path = view.source.path
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()
+    except duckdb.Error as exc:
+        raise DataError(f"cannot read {view.source.format} source {path}: {exc}") from exc
+    types = {row[0]: str(row[1]).upper() for row in described}
+    missing = [c for c in view.source_columns if c not in types]
+    if missing:
+        raise SchemaError(
+            f"{path}: missing column(s) {', '.join(missing)} (it has {', '.join(types) or 'none'})"
+        )
+    selects = []
+    for col in view.source_columns:
+        q = _quote(col)
+        if col in (view.timestamp, view.created_timestamp):
+            kind = types[col]
+            if kind.startswith("TIMESTAMP WITH TIME ZONE"):
+                selects.append(q)
+            elif kind.startswith(("TIMESTAMP", "DATE", "VARCHAR")):
+                selects.append(f"CAST({q} AS TIMESTAMPTZ) AS {q}")
+            else:
+                raise SchemaError(f"{path}: column {col!r} is not a timestamp (type {kind})")
+        else:
+            selects.append(q)
+    return f"SELECT {', '.join(selects)} FROM {scan}"
+
+
+def _fetch(
+    con: duckdb.DuckDBPyConnection, sql: str, view: FeatureView, params: list[object] | None = None
+) -> list[tuple[object, ...]]:
+    try:
+        return con.execute(sql, params or []).fetchall()
+    except duckdb.ConversionException as exc:
+        raise SchemaError(f"{view.source.path}: a time column does not parse: {exc}") from exc
+    except duckdb.Error as exc:
+        raise DataError(f"cannot read source {view.source.path}: {exc}") from exc
+
+
+# --- planning ----------------------------------------------------------------------------
+def plan(
+    view: FeatureView,
+    *,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    chunk_days: int | None = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    allow_empty: bool = False,
+) -> Plan:
+    """Whole UTC days to (re)write, cut into chunks: the given bounds, else the source's.
+
+    Chunks are ``chunk_days`` long when that is given; otherwise as many days as keep a
+    chunk's events, its look-back included, within ``chunk_events`` (at least one day).
+    With ``allow_empty`` a source with nothing from ``start`` on gives a plan without
+    chunks (an incremental run that is up to date) instead of an error.
+    """
+    if chunk_days is not None and chunk_days < 1:
+        raise DataError(f"chunk_days must be at least 1, got {chunk_days}")
+    if chunk_events < 1:
+        raise DataError(f"chunk_events must be at least 1, got {chunk_events}")
+    lo, hi = align(start, end)
+    per_day = events_per_day(view)
+    if lo is None or hi is None:
+        if not per_day:
+            raise DataError(f"source {view.source.path} has no events")
+        first, last = min(per_day), max(per_day)
+        lo = lo or to_utc(first.isoformat()).to_pydatetime()
+        hi = hi or to_utc((last + timedelta(days=1)).isoformat()).to_pydatetime()
+        if hi <= lo:
+            if allow_empty:
+                return Plan(view=view, window=Window(start=lo, end=lo), chunks=[])
+            raise DataError(
+                f"nothing to materialize: the source's last event day ({last.isoformat()}) "
+                f"is before {lo.isoformat()}"
+            )
+    window = Window(start=lo, end=hi)
+    if chunk_days is not None:
+        cuts = window.days[::chunk_days]
+    else:
+        cuts = _cut_by_events(window.days, per_day, view.max_window, chunk_events)
+    bounds = [to_utc(d.isoformat()).to_pydatetime() for d in cuts] + [hi]
+    chunks = [Chunk(start=a, end=b) for a, b in itertools.pairwise(bounds)]
+    return Plan(view=view, window=window, chunks=chunks)
+
+
+def _cut_by_events(
+    days: list[date], per_day: dict[date, int], lookback: timedelta, budget: int
+) -> list[date]:
+    """First day of each chunk: greedy, so a chunk's events + look-back stay in budget."""
+    back = math.ceil(lookback / timedelta(days=1))
+    cuts: list[date] = []
+    in_chunk = 0
+    for day in days:
+        today = per_day.get(day, 0)
+        if not cuts or in_chunk + today > budget:
+            cuts.append(day)
+            in_chunk = sum(per_day.get(day - timedelta(days=i), 0) for i in range(1, back + 1))
+        in_chunk += today
+    return cuts
+
+
+def events_per_day(view: FeatureView) -> dict[date, int]:
+    """How many events the view's source holds on each UTC day (one scan)."""
+    con = _connect()
+    try:
+        events = _events_sql(view, con)
+        ts = _quote(view.timestamp)
+        rows = _fetch(
+            con,
+            f"SELECT CAST(date_trunc('day', {ts}) AS DATE) AS d, count(*) FROM ({events}) "
+            f"WHERE {ts} IS NOT NULL GROUP BY d",
+            view,
+        )
+    finally:
+        con.close()
+    return {d: int(str(n)) for d, n in rows if isinstance(d, date)}
+
+
+def incremental_start(
+    view: FeatureView, *, registry: FeatureRegistry, offline: OfflineStore
+) -> datetime | None:
+    """Where an incremental run starts; ``None`` when nothing was recorded (do it all).
+
+    The last materialized day is done again (it may have been partial), and so is any
+    day since the first recorded start whose partition is missing or unreadable.
+    """
+    until = registry.materialized_until(view.name, view.version)
+    if until is None:
+        return None
+    start = to_utc(until) - timedelta(days=1)
+    records = registry.materializations(view.name, view.version, limit=10_000)
+    first = min((to_utc(r.start) for r in records), default=start)
+    present = set(offline.days(view))
+    expected = Window(start=first.to_pydatetime(), end=start.to_pydatetime()).days
+    damaged = [d for d in expected if d not in present] + offline.unreadable_days(view)
+    if damaged:
+        earliest = to_utc(min(damaged).isoformat())
+        logger.warning(
+            "%s: partition of %s is missing or unreadable: starting there",
+            view.ref,
+            min(damaged),
+        )
+        start = min(start, earliest)
+    return start.to_pydatetime()
+
+
+# --- one chunk ---------------------------------------------------------------------------
+def compute_chunk(view: FeatureView, chunk: Chunk) -> pa.Table:
+    """The view's feature rows for events in the chunk's days, in a total order."""
+    con = _connect()
+    try:
+        events = _events_sql(view, con)
+        ts = _quote(view.timestamp)
+        read_from = to_utc(chunk.start) - view.max_window
+        con.execute(
+            f"CREATE TEMP VIEW events AS SELECT * FROM ({events}) "
+            f"WHERE {ts} >= {_ts_literal(read_from)} AND {ts} < {_ts_literal(chunk.end)}"
+        )
+        order = ", ".join(_quote(c) for c in [view.timestamp, view.entity, *_row_columns(view)])
+        sql = (
+            f"SELECT * FROM ({feature_sql(view)}) AS f "
+            f"WHERE {ts} >= {_ts_literal(chunk.start)} ORDER BY {order}"
+        )
+        try:
+            table = con.sql(sql).to_arrow_table()
+        except duckdb.ConversionException as exc:
+            raise SchemaError(f"{view.source.path}: a time column does not parse: {exc}") from exc
+        except duckdb.Error as exc:
+            raise DataError(
+                f"cannot materialize {view.ref} from {view.source.path}: {exc}"
+            ) from exc
+    finally:
+        con.close()
+    return _normalize(view, table)
+
+
+def _ts_literal(value: datetime | pd.Timestamp) -> str:
+    return f"TIMESTAMPTZ '{to_utc(value).isoformat()}'"
+
+
+def _row_columns(view: FeatureView) -> list[str]:
+    cols = list(view.feature_names)
+    if view.created_timestamp:
+        cols.insert(0, view.created_timestamp)
+    return cols
+
+
+def _normalize(view: FeatureView, table: pa.Table) -> pa.Table:
+    """One schema for every partition: text key, UTC µs times, float64 features."""
+    fields = [
+        pa.field(view.entity, pa.string()),
+        pa.field(view.timestamp, pa.timestamp("us", "UTC")),
+    ]
+    if view.created_timestamp:
+        fields.append(pa.field(view.created_timestamp, pa.timestamp("us", "UTC")))
+    fields += [pa.field(name, pa.float64()) for name in view.feature_names]
+    schema = pa.schema(fields)
+    return table.select(schema.names).cast(schema)
+
+
+def latest_rows(view: FeatureView, table: pa.Table) -> pa.Table:
+    """Each entity's newest row of ``table`` (by event time; the later row on ties)."""
+    if table.num_rows == 0:
+        return table
+    ordered = table.take(pc.sort_indices(table[view.timestamp]))  # stable
+    keys = ordered[view.entity].to_pandas()
+    last = np.flatnonzero(~keys.duplicated(keep="last").to_numpy())
+    return ordered.take(pa.array(last))
+
+
+def fold_latest(view: FeatureView, older: pa.Table | None, newer: pa.Table) -> pa.Table:
+    """Newest row per entity over two tables of newest rows (``newer`` wins ties)."""
+    if older is None or older.num_rows == 0:
+        return newer
+    return latest_rows(view, pa.concat_tables([older, newer]))
+
+
+def split_days(
+    view: FeatureView, table: pa.Table, days: list[date]
+) -> Iterator[tuple[date, pa.Table]]:
+    """Each day's slice of a time-sorted table (empty slices for days without rows)."""
+    stamps = table[view.timestamp].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+    for day in days:
+        lo_us = int(to_utc(day.isoformat()).value // 1000)
+        hi_us = lo_us + 86_400_000_000
+        i, j = np.searchsorted(stamps, [lo_us, hi_us], side="left")
+        yield day, table.slice(int(i), int(j - i))
+
+
+def materialize_chunk(view: FeatureView, chunk: Chunk, *, offline: OfflineStore) -> ChunkResult:
+    """Compute one chunk and replace its day partitions; returns its newest rows."""
+    table = compute_chunk(view, chunk)
+    partitions = 0
+    for day, part in split_days(view, table, chunk.days):
+        offline.write_partition(view, day, part)
+        partitions += 1
+    max_ts = None
+    if table.num_rows:
+        max_ts = to_utc(pc.max(table[view.timestamp]).as_py()).to_pydatetime()
+    logger.info(
+        "%s: chunk %s..%s: %d rows, %d partitions",
+        view.ref,
+        chunk.start.date(),
+        chunk.end.date(),
+        table.num_rows,
+        partitions,
+    )
+    return ChunkResult(
+        chunk=chunk,
+        rows=table.num_rows,
+        partitions=partitions,
+        max_event_ts=max_ts,
+        latest=latest_rows(view, table),
+    )
+
+
+class Totals:
+    """What the chunks of a plan have done so far, and each entity's newest row."""
+
+    def __init__(self, the_plan: Plan) -> None:
+        self.plan = the_plan
+        self.rows = self.partitions = self.chunks_done = 0
+        self.max_event_ts: datetime | None = None
+        self.latest: pa.Table | None = None
+        self._last: ChunkResult | None = None
+
+    @property
+    def last(self) -> ChunkResult:
+        assert self._last is not None, "no chunk added yet"
+        return self._last
+
+    def add(self, done: ChunkResult) -> None:
+        self.rows += done.rows
+        self.partitions += done.partitions
+        self.chunks_done += 1
+        self.latest = fold_latest(self.plan.view, self.latest, done.latest)
+        if done.max_event_ts is not None:
+            self.max_event_ts = max(self.max_event_ts or done.max_event_ts, done.max_event_ts)
+        self._last = done
+
+    def result(self, *, entities_online: int) -> MaterializeResult:
+        view = self.plan.view
+        return MaterializeResult(
+            view=view.name,
+            version=view.version,
+            start=self.plan.window.start,
+            end=self.plan.window.end,
+            rows=self.rows,
+            partitions=self.partitions,
+            entities_online=entities_online,
+            max_event_ts=self.max_event_ts,
+            chunks=self.chunks_done,
+        )
+
+
+def write_latest(view: FeatureView, latest: pa.Table | None, *, online: OnlineStore) -> int:
+    """Upsert the newest row per entity into the online store; returns rows written."""
+    online.update(view.name)
+    if latest is None or latest.num_rows == 0:
+        return 0
+    return online.write_batch(
+        view=view.name,
+        version=view.version,
+        frame=latest.to_pandas(),
+        entity=view.entity,
+        timestamp=view.timestamp,
+        features=view.feature_names,
+        ttl=view.ttl,
+    )
+
+
+def materialize_view(
+    view: FeatureView,
+    *,
+    offline: OfflineStore,
+    online: OnlineStore,
+    start: datetime | str | None = None,
+    end: datetime | str | None = None,
+    chunk_days: int | None = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    progress: Callable[[int, int, ChunkResult], None] | None = None,
+) -> MaterializeResult:
+    """Materialize ``view`` over whole UTC days in [start, end) (default: the source's days).
+
+    ``progress(done, total, result)`` is called after each chunk.
+    """
+    the_plan = plan(view, start=start, end=end, chunk_days=chunk_days, chunk_events=chunk_events)
+    totals = Totals(the_plan)
+    for chunk in the_plan.chunks:
+        totals.add(materialize_chunk(view, chunk, offline=offline))
+        if progress is not None:
+            progress(totals.chunks_done, len(the_plan.chunks), totals.last)
+    return totals.result(entities_online=write_latest(view, totals.latest, online=online))
