@@ -16,7 +16,13 @@ from rich.table import Table
 
 from mlops.cli.common import console, fail, load_settings
 from mlops.datasets.catalog import DatasetCatalog, DatasetVersion, open_catalog
-from mlops.datasets.service import add_dataset, cleanup_expired, dataset_file, list_datasets
+from mlops.datasets.service import (
+    add_dataset,
+    cleanup_expired,
+    dataset_file,
+    list_datasets,
+    remove_orphans,
+)
 from mlops.errors import MlopsError
 from mlops.settings import Settings
 
@@ -148,14 +154,19 @@ def show(
 
 @datasets_app.command("cleanup")
 def cleanup() -> None:
-    """Delete the versions older than the TTL (`MLOPS_DATASETS__TTL_DAYS`; 0 = never).
+    """Delete the versions older than the TTL (`MLOPS_DATASETS__TTL_DAYS`; 0 = never), and
+    files a crashed `add` left without a catalog row.
 
     Safe to run twice.
 
     Example: `MLOPS_DATASETS__TTL_DAYS=30 mlops datasets cleanup`
     """
     with _catalog() as (settings, catalog):
-        removed = cleanup_expired(settings=settings, catalog=catalog, now=datetime.now(UTC))
+        now = datetime.now(UTC)
+        removed = cleanup_expired(settings=settings, catalog=catalog, now=now)
+        orphans = remove_orphans(settings=settings, catalog=catalog, now=now)
+    if orphans:
+        console.print(f"removed {len(orphans)} orphan file(s) left by interrupted adds")
     if settings.datasets.ttl_days == 0:
         console.print("TTL is 0 (never expire): nothing removed")
         return

@@ -8,7 +8,10 @@ columns returns the existing version without reading the file again.
 Nothing half-written stays behind: the Parquet file is written to a hidden temporary
 file in the target folder, hard-linked to its final name (which fails rather than
 overwrite) and only then is the catalog row inserted; on any failure the files this
-call made are removed.
+call made are removed. A process killed between the link and the insert leaves a file
+no row refers to: :func:`remove_orphans` deletes such files once they are older than a
+grace period (a live writer inserts its row within seconds), and adding that version
+again replaces an orphan instead of failing.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from mlops.errors import MlopsError
 from mlops.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: A file with no catalog row is an orphan once it is this old (its writer has died).
+ORPHAN_GRACE = timedelta(minutes=10)
 
 
 def datasets_dir(settings: Settings) -> Path:
@@ -127,18 +133,42 @@ def _write(source: Path, target: Path, *, record: DatasetVersion, chunk_rows: in
                 source, fmt=record.format, schema=record.schema, chunk_rows=chunk_rows
             ):
                 writer.write_table(table)
+        if target.exists() and _is_orphan(target, datetime.now(UTC)):
+            logger.warning("replacing %s, left by a writer that died before its insert", target)
+            target.unlink(missing_ok=True)
         try:
             os.link(temp, target)  # unlike rename, never replaces another writer's file
         except FileExistsError as exc:
             raise MlopsError(
                 f"{target} already exists: dataset {record.name!r} version {record.version} "
-                "is being written by another writer (or was left by a crash): add it again"
+                "is being written by another writer right now: add it again in a minute"
             ) from exc
         return target.stat().st_size
     except (OSError, ValueError) as exc:
         raise reject(source, "write", f"cannot write {target}: {exc}") from exc
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _is_orphan(path: Path, now: datetime) -> bool:
+    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    return now - modified > ORPHAN_GRACE
+
+
+def remove_orphans(*, settings: Settings, catalog: DatasetCatalog, now: datetime) -> list[Path]:
+    """Delete stored files (and stale temporary files) no catalog row refers to, once
+    older than :data:`ORPHAN_GRACE`; returns the paths removed."""
+    root = datasets_dir(settings)
+    if not root.exists():
+        return []
+    known = {dataset_file(settings, record) for record in catalog.list()}
+    removed = []
+    for path in sorted(root.glob("*/*")):
+        if path.is_file() and path not in known and _is_orphan(path, now):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            logger.info("removed orphan dataset file %s", path)
+    return removed
 
 
 def list_datasets(*, catalog: DatasetCatalog, name: str | None = None) -> list[DatasetVersion]:

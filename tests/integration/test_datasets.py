@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -19,14 +19,16 @@ from typer.testing import CliRunner
 
 from mlops.cli.datasets import datasets_app
 from mlops.datasets import (
+    ORPHAN_GRACE,
     DatasetCatalog,
     add_dataset,
     cleanup_expired,
     dataset_file,
     list_datasets,
     open_catalog,
+    remove_orphans,
 )
-from mlops.errors import DataError, DatasetNotFoundError, SchemaError
+from mlops.errors import DataError, DatasetNotFoundError, MlopsError, SchemaError
 from mlops.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -283,3 +285,29 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     result = runner.invoke(datasets_app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.output
+
+
+def test_a_file_left_by_a_crashed_add_is_replaced_or_swept(
+    settings: Settings, catalog: DatasetCatalog, tmp_path: Path
+) -> None:
+    v1 = add(settings, catalog, write_csv(tmp_path / "a.csv", events(5)))
+    # A writer killed between linking v2 and inserting its row left this behind:
+    orphan = dataset_file(settings, v1).with_name("v2.parquet")
+    orphan.write_bytes(b"half of what a dead writer wrote")
+    fresh = datetime.now(UTC)
+    with pytest.raises(MlopsError, match="being written by another writer"):
+        add(settings, catalog, write_csv(tmp_path / "b.csv", events(6)))  # could be live
+    assert remove_orphans(settings=settings, catalog=catalog, now=fresh) == []
+
+    old = (fresh - ORPHAN_GRACE - timedelta(minutes=1)).timestamp()
+    os.utime(orphan, (old, old))
+    v2 = add(settings, catalog, tmp_path / "b.csv")
+    assert v2.version == 2 and pd.read_parquet(dataset_file(settings, v2)).shape == (6, 4)
+
+    stray = dataset_file(settings, v1).with_name("v9.parquet")
+    stray.write_bytes(b"orphan")
+    os.utime(stray, (old, old))
+    later = fresh + timedelta(seconds=1)
+    assert remove_orphans(settings=settings, catalog=catalog, now=later) == [stray]
+    assert remove_orphans(settings=settings, catalog=catalog, now=later) == []
+    assert [f.name for f in stored_files(settings)] == ["v1.parquet", "v2.parquet"]
