@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from _child import run_child
 
 GOAL_BYTES = 2 * 1024**3
 WORK = Path(__file__).resolve().parent / ".work"
@@ -132,18 +132,6 @@ def child_read_all(source: str) -> dict[str, object]:
     }
 
 
-def run_child(*args: str) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-    )
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,8 +153,8 @@ def main() -> None:
 
     print(f"source: ~{args.events:,} events (generating once if needed)", flush=True)
     path = generate(args.events)
-    read = run_child("read", str(path))
-    mat = run_child("materialize", str(path), args.online, str(args.chunk_days))
+    read = run_child(__file__, "read", str(path))
+    mat = run_child(__file__, "materialize", str(path), args.online, str(args.chunk_days))
     gib = 1024**3
     peak = int(str(mat["peak_rss_bytes"]))
     seconds = float(str(mat["seconds"]))

@@ -3,8 +3,9 @@
 Full mode rewrites the whole UTC days of [start, end) (default: all the source covers);
 incremental mode starts from the last materialized day recorded in the feature
 registry (or the first damaged partition). Days are processed in chunks of bounded
-size, each a task; the newest row per entity goes online at the end; the interval is
-recorded; a train/serve skew check compares a sample of entities in both stores.
+size, newest first, each a task that writes its partitions and sends online the newest
+row of the entities no newer chunk had; the interval is recorded; a train/serve skew
+check compares a sample of entities in both stores.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from tasks.features.check_skew import train_serve_skew
 from tasks.features.materialize_chunk import materialize_days
 from tasks.features.plan import plan_materialization
 from tasks.features.record import record_materialization
-from tasks.features.write_online import write_online
 
 
 @flow(name="materialize", log_prints=False)
@@ -72,15 +72,19 @@ def materialize(
         ),
     )
     totals = Totals(the_plan)
-    for chunk in the_plan.chunks:
-        totals.add(materialize_days(view, chunk, settings.offline_path))
+    for chunk in reversed(the_plan.chunks):  # newest first: each entity goes online once
+        totals.add(
+            materialize_days(
+                view, chunk, settings.offline_path, settings.online_store, totals.sent_online
+            )
+        )
         update_progress_artifact(
             progress,
             100.0 * totals.chunks_done / len(the_plan.chunks),
             description=f"{view.ref}: {totals.chunks_done}/{len(the_plan.chunks)} chunks, "
             f"{totals.rows:,} rows",
         )
-    result = totals.result(entities_online=write_online(view, totals.latest, settings.online_store))
+    result = totals.result()
     record_materialization(view, result, settings.features.registry_url)
     summary: dict[str, Any] = {**result.summary(), "mode": mode}
     summary["online_store"] = settings.online_store.type

@@ -7,8 +7,8 @@ never the whole table, and its rows are written as the chunk's day partitions (e
 atomically). Peak memory is set by the chunk, not by the source: a bigger source only
 means more chunks.
 
-The online store receives each entity's newest row once, after the last chunk (the
-newest rows of all chunks are folded together as the chunks go, one row per entity).
+Chunks run newest first, so each entity's newest row goes to the online store once,
+from the first chunk that has the entity, while that chunk's partitions are written.
 Online writes are event-time monotonic, so materializing an old window never replaces
 a newer row.
 
@@ -25,6 +25,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -37,10 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlops.errors import DataError, SchemaError
-from mlops.features.compute import _quote, feature_sql
+from mlops.features.compute import _quote
 from mlops.features.definition import FeatureView, Source
 from mlops.features.offline import OfflineStore
 from mlops.features.online import OnlineStore
+from mlops.features.rolling import compute_rolling
 from mlops.features.source import to_utc
 from mlops.features.window import Window, align
 
@@ -51,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 #: Events computed per chunk, look-back included: what bounds a materialization's memory.
 DEFAULT_CHUNK_EVENTS = 2_000_000
+
+#: Threads writing a chunk's day partitions.
+WRITER_THREADS = 2
 
 #: DuckDB's own memory cap for one chunk query (it spills to disk beyond it).
 DUCKDB_MEMORY_LIMIT = "1GB"
@@ -85,7 +90,8 @@ class ChunkResult:
     rows: int
     partitions: int
     max_event_ts: datetime | None
-    latest: pa.Table  # each entity's newest row in the chunk
+    entities_online: int  # rows this chunk wrote to the online store
+    sent_online: pa.Array  # entity keys whose newest row this chunk wrote online
 
 
 @dataclass
@@ -290,74 +296,53 @@ def incremental_start(
 
 
 # --- one chunk ---------------------------------------------------------------------------
-def compute_chunk(view: FeatureView, chunk: Chunk) -> pa.Table:
-    """The view's feature rows for events in the chunk's days, in a total order."""
+def read_chunk_events(view: FeatureView, chunk: Chunk) -> pa.Table:
+    """The source events a chunk needs: its days and the aggregation look-back."""
     con = _connect()
     try:
         events = _events_sql(view, con)
         ts = _quote(view.timestamp)
         read_from = to_utc(chunk.start) - view.max_window
-        con.execute(
-            f"CREATE TEMP VIEW events AS SELECT * FROM ({events}) "
+        sql = (
+            f"SELECT * FROM ({events}) "
             f"WHERE {ts} >= {_ts_literal(read_from)} AND {ts} < {_ts_literal(chunk.end)}"
         )
-        order = ", ".join(_quote(c) for c in [view.timestamp, view.entity, *_row_columns(view)])
-        sql = (
-            f"SELECT * FROM ({feature_sql(view)}) AS f "
-            f"WHERE {ts} >= {_ts_literal(chunk.start)} ORDER BY {order}"
-        )
         try:
-            table = con.sql(sql).to_arrow_table()
+            return con.sql(sql).to_arrow_table()
         except duckdb.ConversionException as exc:
             raise SchemaError(f"{view.source.path}: a time column does not parse: {exc}") from exc
         except duckdb.Error as exc:
-            raise DataError(
-                f"cannot materialize {view.ref} from {view.source.path}: {exc}"
-            ) from exc
+            raise DataError(f"cannot read source {view.source.path}: {exc}") from exc
     finally:
         con.close()
-    return _normalize(view, table)
+
+
+def compute_chunk(view: FeatureView, chunk: Chunk) -> pa.Table:
+    """The view's feature rows for events in the chunk's days, in a total order
+    (:func:`~mlops.features.rolling.order_columns`)."""
+    return compute_rolling(view, read_chunk_events(view, chunk), start=chunk.start)
 
 
 def _ts_literal(value: datetime | pd.Timestamp) -> str:
     return f"TIMESTAMPTZ '{to_utc(value).isoformat()}'"
 
 
-def _row_columns(view: FeatureView) -> list[str]:
-    cols = list(view.feature_names)
-    if view.created_timestamp:
-        cols.insert(0, view.created_timestamp)
-    return cols
-
-
-def _normalize(view: FeatureView, table: pa.Table) -> pa.Table:
-    """One schema for every partition: text key, UTC µs times, float64 features."""
-    fields = [
-        pa.field(view.entity, pa.string()),
-        pa.field(view.timestamp, pa.timestamp("us", "UTC")),
-    ]
-    if view.created_timestamp:
-        fields.append(pa.field(view.created_timestamp, pa.timestamp("us", "UTC")))
-    fields += [pa.field(name, pa.float64()) for name in view.feature_names]
-    schema = pa.schema(fields)
-    return table.select(schema.names).cast(schema)
-
-
 def latest_rows(view: FeatureView, table: pa.Table) -> pa.Table:
     """Each entity's newest row of ``table`` (by event time; the later row on ties)."""
     if table.num_rows == 0:
         return table
-    ordered = table.take(pc.sort_indices(table[view.timestamp]))  # stable
+    stamps = table[view.timestamp].combine_chunks().cast(pa.int64()).to_numpy()
+    # Feature rows come in time order already; only sort what does not.
+    ordered = (
+        table
+        if bool(np.all(stamps[1:] >= stamps[:-1]))
+        else table.take(
+            pc.sort_indices(table[view.timestamp])  # stable
+        )
+    )
     keys = ordered[view.entity].to_pandas()
     last = np.flatnonzero(~keys.duplicated(keep="last").to_numpy())
     return ordered.take(pa.array(last))
-
-
-def fold_latest(view: FeatureView, older: pa.Table | None, newer: pa.Table) -> pa.Table:
-    """Newest row per entity over two tables of newest rows (``newer`` wins ties)."""
-    if older is None or older.num_rows == 0:
-        return newer
-    return latest_rows(view, pa.concat_tables([older, newer]))
 
 
 def split_days(
@@ -372,41 +357,65 @@ def split_days(
         yield day, table.slice(int(i), int(j - i))
 
 
-def materialize_chunk(view: FeatureView, chunk: Chunk, *, offline: OfflineStore) -> ChunkResult:
-    """Compute one chunk and replace its day partitions; returns its newest rows."""
+def materialize_chunk(
+    view: FeatureView,
+    chunk: Chunk,
+    *,
+    offline: OfflineStore,
+    online: OnlineStore,
+    already_online: pa.Array | None = None,
+) -> ChunkResult:
+    """Compute one chunk, replace its day partitions, and send online each entity's
+    newest row unless ``already_online`` holds it (a newer chunk sent a newer row).
+
+    Chunks are run newest first, so each entity goes online once, from the chunk with
+    its newest row. The Parquet writes run on threads (encoding releases the GIL) while
+    the online store takes its rows.
+    """
     table = compute_chunk(view, chunk)
-    partitions = 0
-    for day, part in split_days(view, table, chunk.days):
-        offline.write_partition(view, day, part)
-        partitions += 1
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS) as pool:
+        writes = [
+            pool.submit(offline.write_partition, view, day, part)
+            for day, part in split_days(view, table, chunk.days)
+        ]
+        latest = latest_rows(view, table)
+        if already_online is not None and len(already_online) and latest.num_rows:
+            latest = latest.filter(pc.invert(pc.is_in(latest[view.entity], already_online)))
+        try:
+            entities_online = write_latest(view, latest, online=online)
+        finally:
+            partitions = len([w.result() for w in writes])
     max_ts = None
     if table.num_rows:
         max_ts = to_utc(pc.max(table[view.timestamp]).as_py()).to_pydatetime()
     logger.info(
-        "%s: chunk %s..%s: %d rows, %d partitions",
+        "%s: chunk %s..%s: %d rows, %d partitions, %d entities online",
         view.ref,
         chunk.start.date(),
         chunk.end.date(),
         table.num_rows,
         partitions,
+        entities_online,
     )
     return ChunkResult(
         chunk=chunk,
         rows=table.num_rows,
         partitions=partitions,
         max_event_ts=max_ts,
-        latest=latest_rows(view, table),
+        entities_online=entities_online,
+        sent_online=latest[view.entity].combine_chunks(),
     )
 
 
 class Totals:
-    """What the chunks of a plan have done so far, and each entity's newest row."""
+    """What the chunks of a plan have done so far, and which entities went online."""
 
     def __init__(self, the_plan: Plan) -> None:
         self.plan = the_plan
         self.rows = self.partitions = self.chunks_done = 0
         self.max_event_ts: datetime | None = None
-        self.latest: pa.Table | None = None
+        self.entities_online = 0
+        self.sent_online: pa.Array = pa.array([], pa.string())
         self._last: ChunkResult | None = None
 
     @property
@@ -418,12 +427,14 @@ class Totals:
         self.rows += done.rows
         self.partitions += done.partitions
         self.chunks_done += 1
-        self.latest = fold_latest(self.plan.view, self.latest, done.latest)
+        self.entities_online += done.entities_online
+        if len(done.sent_online):
+            self.sent_online = pa.concat_arrays([self.sent_online, done.sent_online])
         if done.max_event_ts is not None:
             self.max_event_ts = max(self.max_event_ts or done.max_event_ts, done.max_event_ts)
         self._last = done
 
-    def result(self, *, entities_online: int) -> MaterializeResult:
+    def result(self) -> MaterializeResult:
         view = self.plan.view
         return MaterializeResult(
             view=view.name,
@@ -432,7 +443,7 @@ class Totals:
             end=self.plan.window.end,
             rows=self.rows,
             partitions=self.partitions,
-            entities_online=entities_online,
+            entities_online=self.entities_online,
             max_event_ts=self.max_event_ts,
             chunks=self.chunks_done,
         )
@@ -471,8 +482,12 @@ def materialize_view(
     """
     the_plan = plan(view, start=start, end=end, chunk_days=chunk_days, chunk_events=chunk_events)
     totals = Totals(the_plan)
-    for chunk in the_plan.chunks:
-        totals.add(materialize_chunk(view, chunk, offline=offline))
+    for chunk in reversed(the_plan.chunks):  # newest first: each entity goes online once
+        totals.add(
+            materialize_chunk(
+                view, chunk, offline=offline, online=online, already_online=totals.sent_online
+            )
+        )
         if progress is not None:
             progress(totals.chunks_done, len(the_plan.chunks), totals.last)
-    return totals.result(entities_online=write_latest(view, totals.latest, online=online))
+    return totals.result()

@@ -65,13 +65,20 @@ def online_snapshot(
 
 def test_chunk_size_does_not_change_a_byte(tmp_path: Path, view: FeatureView) -> None:
     a, b = OfflineStore(tmp_path / "a"), OfflineStore(tmp_path / "b")
-    online = SqliteOnlineStore(tmp_path / "online.db")
-    one = materialize_view(view, offline=a, online=online, chunk_days=1)
-    whole = materialize_view(view, offline=b, online=online, chunk_days=100)
+    online_a = SqliteOnlineStore(tmp_path / "a.db")
+    online_b = SqliteOnlineStore(tmp_path / "b.db")
+    one = materialize_view(view, offline=a, online=online_a, chunk_days=1)
+    whole = materialize_view(view, offline=b, online=online_b, chunk_days=100)
     assert one.chunks == 12 and whole.chunks == 1  # 12 whole UTC days of events
     assert one.rows == whole.rows == len(pd.read_parquet(view.source.path))
     assert digests(a, view) == digests(b, view)
-    online.close()
+    # Newest chunk first: every entity went online once, with its newest row.
+    assert one.entities_online == whole.entities_online == 150
+    keys = sorted(pd.read_parquet(view.source.path)["card_id"].astype(str).unique())
+    assert online_snapshot(online_a, view, keys) == online_snapshot(online_b, view, keys)
+    assert check_skew(view, offline=a, online=online_a, sample=1000).rate == 0.0
+    online_a.close()
+    online_b.close()
 
 
 def test_rerun_is_byte_and_value_identical(
@@ -129,12 +136,14 @@ def test_crash_midway_is_repaired_by_a_rerun(tmp_path: Path, view: FeatureView) 
     offline = OfflineStore(tmp_path / "offline")
     the_plan = plan(view, chunk_days=3)
     # The process "dies" after the first chunk, while writing a day of the second:
-    materialize_chunk(view, the_plan.chunks[0], offline=offline)
-    day = the_plan.chunks[1].days[0]
+    materialize_chunk(
+        view, the_plan.chunks[-1], offline=offline, online=SqliteOnlineStore(tmp_path / "x.db")
+    )
+    day = the_plan.chunks[-2].days[0]
     half = offline.partition_path(view, day)
     half.parent.mkdir(parents=True)
     (half.parent / f".{half.name}.dead.tmp").write_bytes(b"PAR1 half a file")
-    assert offline.days(view) == the_plan.chunks[0].days  # the temp file is no partition
+    assert offline.days(view) == the_plan.chunks[-1].days  # the temp file is no partition
 
     online = SqliteOnlineStore(tmp_path / "online.db")
     materialize_view(view, offline=offline, online=online, chunk_days=3)
