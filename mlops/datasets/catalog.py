@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from mlops.datasets.validate import Format, Kind
 from mlops.errors import DatasetNotFoundError, MlopsError
+from mlops.sqldb import as_utc, create_engine
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +78,6 @@ class DatasetVersion:
 Versions = list[DatasetVersion]  # an alias: ``DatasetCatalog.list`` hides the builtin
 
 
-def _utc(value: datetime) -> datetime:
-    """SQLite returns naive times: they were written as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 class DatasetCatalog:
     """Dataset metadata on a SQLAlchemy engine (built by the caller, passed in)."""
 
@@ -113,10 +108,10 @@ class DatasetCatalog:
             timestamp=m["timestamp_column"],
             schema={name: kind for name, kind in m["columns"]},
             rows=m["rows"],
-            time_min=_utc(m["time_min"]),
-            time_max=_utc(m["time_max"]),
+            time_min=as_utc(m["time_min"]),
+            time_max=as_utc(m["time_max"]),
             size_bytes=m["size_bytes"],
-            created_at=_utc(m["created_at"]),
+            created_at=as_utc(m["created_at"]),
         )
 
     def _fetch(self, query: sa.Select[Any]) -> Versions:
@@ -245,9 +240,7 @@ class DatasetCatalog:
 
 def open_catalog(url: str) -> DatasetCatalog:
     """A catalog on a new engine for ``url``, its tables created (SQLite folder too)."""
-    engine = sa.create_engine(url)
-    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, ":memory:"):
-        Path(str(engine.url.database)).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
     catalog = DatasetCatalog(engine)
     catalog.create_tables()
     return catalog

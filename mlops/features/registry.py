@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from mlops.errors import FeatureStoreError
 from mlops.features.definition import FeatureView
+from mlops.sqldb import as_utc, create_engine
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,8 @@ class ViewRecord:
     last_seen_at: datetime
 
 
-def _utc(value: datetime) -> datetime:
-    """SQLite returns naive times: they were written as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _utc_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else _utc(value)
+    return None if value is None else as_utc(value)
 
 
 def feature_entries(view: FeatureView) -> list[dict[str, object]]:
@@ -178,8 +173,8 @@ class FeatureRegistry:
             description=m["description"],
             tags=dict(m["tags"]),
             source=m["source"],
-            first_registered_at=_utc(m["first_registered_at"]),
-            last_seen_at=_utc(m["last_seen_at"]),
+            first_registered_at=as_utc(m["first_registered_at"]),
+            last_seen_at=as_utc(m["last_seen_at"]),
         )
 
     def _get(self, conn: sa.Connection, name: str, version: str) -> ViewRecord | None:
@@ -281,14 +276,14 @@ class FeatureRegistry:
         return MaterializationRecord(
             view=m["view"],
             version=m["version"],
-            start=_utc(m["interval_start"]),
-            end=_utc(m["interval_end"]),
+            start=as_utc(m["interval_start"]),
+            end=as_utc(m["interval_end"]),
             rows=int(m["rows"]),
             partitions=int(m["partitions"]),
             entities_online=int(m["entities_online"]),
             max_event_ts=_utc_or_none(m["max_event_ts"]),
             flow_run_id=m["flow_run_id"],
-            finished_at=_utc(m["finished_at"]),
+            finished_at=as_utc(m["finished_at"]),
         )
 
     def record_materialization(
@@ -304,7 +299,7 @@ class FeatureRegistry:
         flow_run_id: str | None = None,
     ) -> MaterializationRecord:
         """Record a finished materialization of ``view`` over ``[start, end)`` (registers it)."""
-        start, end = _utc(start), _utc(end)
+        start, end = as_utc(start), as_utc(end)
         if end < start:
             raise FeatureStoreError(
                 f"materialization of {view.ref}: end {end.isoformat()} is before start "
@@ -383,9 +378,7 @@ class FeatureRegistry:
 
 def open_registry(url: str) -> FeatureRegistry:
     """A registry on a new engine for ``url``, its tables created (SQLite folder too)."""
-    engine = sa.create_engine(url)
-    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, ":memory:"):
-        Path(str(engine.url.database)).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
     registry = FeatureRegistry(engine)
     registry.create_tables()
     return registry

@@ -6,8 +6,6 @@ each test gets a fresh database ``mlops_test_<uuid>``, dropped afterwards.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -24,24 +22,8 @@ from mlops.features.registry import FeatureRegistry, open_registry
 
 pytestmark = pytest.mark.integration
 
-PG_SERVER = os.environ.get(
-    "MLOPS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432"
-)
 DAY = timedelta(days=1)
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[sa.Engine]:
-    """The ``postgres`` database in autocommit, after a readiness probe (fails, never skips)."""
-    engine = sa.create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"Postgres at {PG_SERVER} is not reachable ({exc}): start it (see .ci/run)")
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -49,13 +31,7 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'nested' / 'catalog.db'}"
         return
-    admin: sa.Engine = request.getfixturevalue("postgres_admin")
-    name = f"mlops_test_{uuid.uuid4().hex}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_SERVER}/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
