@@ -9,6 +9,7 @@ FeatureView with the given float features, and applies them with ``FeatureStore.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import shutil
@@ -107,6 +108,38 @@ entity_key_serialization_version: 3
         f"Redis db {redis_db}) in {time.perf_counter() - started:.2f} s"
     )
     return store, view
+
+
+def add_store_args(p: argparse.ArgumentParser, *, ttl_required: bool = False) -> None:
+    """The options every Feast-side script takes to build its store."""
+    p.add_argument("--source", type=Path, required=True, help="Parquet of feature rows")
+    p.add_argument("--entity", default="card_id")
+    p.add_argument("--timestamp", default="event_timestamp", help="feature rows' timestamp")
+    p.add_argument("--features", default="", help="comma-separated (default: all columns)")
+    if ttl_required:
+        p.add_argument("--ttl-s", type=int, required=True, help="the view's ttl, as ours")
+    else:
+        p.add_argument("--ttl-s", type=int, default=7 * 86_400)
+    p.add_argument("--redis-db", type=int, default=3)
+    p.add_argument("--work", type=Path, required=True)
+
+
+def store_from_args(a: argparse.Namespace, *, flush: bool = True) -> tuple[FeatureStore, list[str]]:
+    """The store the options of :func:`add_store_args` describe, and its feature names."""
+    features = (
+        a.features.split(",") if a.features else feature_columns(a.source, a.entity, a.timestamp)
+    )
+    store, _ = build_store(
+        work=a.work,
+        source=a.source,
+        entity=a.entity,
+        timestamp=a.timestamp,
+        features=features,
+        ttl_s=a.ttl_s,
+        redis_db=a.redis_db,
+        flush=flush,
+    )
+    return store, features
 
 
 def refs(features: list[str]) -> list[str]:

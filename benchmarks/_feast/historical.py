@@ -16,37 +16,25 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from feast_repo import build_store, emit, feature_columns, log, refs
+from feast_repo import (
+    add_store_args,
+    emit,
+    log,
+    refs,
+    store_from_args,
+)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
+    add_store_args(p, ttl_required=True)
     p.add_argument("--labels", type=Path, required=True, help="Parquet of label rows")
-    p.add_argument("--source", type=Path, required=True, help="Parquet of feature rows")
     p.add_argument("--out", type=Path, required=True, help="where to write the joined rows")
-    p.add_argument("--entity", default="card_id")
-    p.add_argument("--timestamp", default="event_timestamp", help="feature rows' timestamp")
     p.add_argument("--label-timestamp", default="event_timestamp", help="label rows' timestamp")
-    p.add_argument("--features", default="", help="comma-separated (default: all columns)")
-    p.add_argument("--ttl-s", type=int, required=True, help="the view's ttl, as ours")
-    p.add_argument("--redis-db", type=int, default=3)
-    p.add_argument("--work", type=Path, required=True)
     a = p.parse_args()
 
-    features = (
-        a.features.split(",") if a.features else feature_columns(a.source, a.entity, a.timestamp)
-    )
     # The online store is not used here: nothing is flushed or written to Redis.
-    store, _ = build_store(
-        work=a.work,
-        source=a.source,
-        entity=a.entity,
-        timestamp=a.timestamp,
-        features=features,
-        ttl_s=a.ttl_s,
-        redis_db=a.redis_db,
-        flush=False,
-    )
+    store, features = store_from_args(a, flush=False)
     labels = pd.read_parquet(a.labels)
     labels[a.entity] = labels[a.entity].astype(str)
     if a.label_timestamp != "event_timestamp":

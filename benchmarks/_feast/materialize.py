@@ -13,41 +13,29 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from feast_repo import build_store, db_keys, emit, feature_columns, log
+from feast_repo import (
+    add_store_args,
+    db_keys,
+    emit,
+    log,
+    store_from_args,
+)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--source", type=Path, required=True, help="Parquet of feature rows")
-    p.add_argument("--entity", default="card_id")
-    p.add_argument("--timestamp", default="event_timestamp")
-    p.add_argument("--features", default="", help="comma-separated (default: all columns)")
-    p.add_argument("--ttl-s", type=int, default=7 * 86_400)
-    p.add_argument("--redis-db", type=int, default=3)
-    p.add_argument("--work", type=Path, required=True)
+    add_store_args(p)
     a = p.parse_args()
 
-    features = (
-        a.features.split(",") if a.features else feature_columns(a.source, a.entity, a.timestamp)
-    )
     meta = pq.read_metadata(a.source)
     stamps = pq.read_table(a.source, columns=[a.timestamp])[a.timestamp]
     first, last = pc.min(stamps).as_py(), pc.max(stamps).as_py()
     # [start, end): end one second past the last event so that it is included.
     start, end = first, last + timedelta(seconds=1)
-    store, _ = build_store(
-        work=a.work,
-        source=a.source,
-        entity=a.entity,
-        timestamp=a.timestamp,
-        features=features,
-        ttl_s=a.ttl_s,
-        redis_db=a.redis_db,
-    )
+    store, features = store_from_args(a)
     log(f"materializing {meta.num_rows:,} feature rows from {start} to {end}")
     started = time.perf_counter()
     store.materialize(start_date=start, end_date=end)

@@ -23,37 +23,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from feast_repo import build_store, db_keys, emit, feature_columns, log, refs
+from feast_repo import (
+    add_store_args,
+    db_keys,
+    emit,
+    log,
+    refs,
+    store_from_args,
+)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--source", type=Path, required=True, help="Parquet of feature rows")
-    p.add_argument("--entity", default="card_id")
-    p.add_argument("--timestamp", default="event_timestamp")
-    p.add_argument("--features", default="", help="comma-separated (default: all columns)")
+    add_store_args(p)
     p.add_argument("--batches", type=Path, help="JSON list of lists of entity keys")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ttl-s", type=int, default=7 * 86_400)
-    p.add_argument("--redis-db", type=int, default=3)
-    p.add_argument("--work", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
 
-    features = (
-        a.features.split(",") if a.features else feature_columns(a.source, a.entity, a.timestamp)
-    )
-    store, _ = build_store(
-        work=a.work,
-        source=a.source,
-        entity=a.entity,
-        timestamp=a.timestamp,
-        features=features,
-        ttl_s=a.ttl_s,
-        redis_db=a.redis_db,
-    )
+    store, features = store_from_args(a)
     frame = pd.read_parquet(a.source)
     ts = pd.to_datetime(frame[a.timestamp], utc=True)
     started = time.perf_counter()
