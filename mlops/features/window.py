@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-import pandas as pd
-
 from mlops.errors import DataError
 from mlops.features.source import to_utc
 
@@ -37,14 +35,3 @@ def align(
     if lo is not None and hi is not None and hi <= lo:
         raise DataError(f"empty window: end {end} is not after start {start}")
     return lo, hi
-
-
-def resolve(start: datetime | None, end: datetime | None, timestamps: pd.Series) -> Window:
-    """The window to materialize: the given bounds, else the data's first/last day."""
-    if start is None or end is None:
-        if timestamps.empty:
-            raise DataError("the source has no events in the requested window")
-        first, last = timestamps.min(), timestamps.max()
-        start = start or first.floor("D").to_pydatetime()
-        end = end or (last.floor("D") + pd.Timedelta(days=1)).to_pydatetime()
-    return Window(start=start, end=end)

@@ -10,8 +10,9 @@ import pytest
 
 from mlops.errors import DataError, SchemaError
 from mlops.features.definition import Source
+from mlops.features.materialize import plan
 from mlops.features.source import read_events, to_utc, view_events
-from mlops.features.window import Window, align, resolve
+from mlops.features.window import Window, align
 
 COLUMNS = ["card_id", "ts", "amount"]
 
@@ -77,31 +78,43 @@ def test_align_same_instant_inside_a_day_is_that_day() -> None:
     )
 
 
-def test_resolve_uses_given_bounds() -> None:
+def _source_with(tmp_path: Path, view_factory, stamps: list[str]):
+    """A view over a Parquet source holding events at ``stamps``."""
+    path = tmp_path / "events.parquet"
+    pd.DataFrame(
+        {
+            "card_id": ["c1"] * len(stamps),
+            "ts": pd.to_datetime(stamps, utc=True),
+            "amount": [1.0] * len(stamps),
+        }
+    ).to_parquet(path)
+    return view_factory(source=Source(path=path))
+
+
+def test_plan_uses_given_bounds(tmp_path: Path, view_factory) -> None:
+    view = _source_with(tmp_path, view_factory, ["2024-01-01 10:00"])
     lo, hi = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 4, tzinfo=UTC)
-    stamps = pd.Series(pd.to_datetime(["2024-01-01 10:00"], utc=True))
-    window = resolve(lo, hi, stamps)
+    window = plan(view, start=lo, end=hi).window
     assert (window.start, window.end) == (lo, hi)
     assert len(window.days) == 3
-    # no data is fine when both bounds are given
-    assert resolve(lo, hi, pd.Series([], dtype="datetime64[us, UTC]")).end == hi
 
 
-def test_resolve_from_data() -> None:
-    stamps = pd.Series(
-        pd.to_datetime(["2024-03-02 10:00", "2024-03-01 23:59", "2024-03-04 00:00"], utc=True)
+def test_plan_window_from_data(tmp_path: Path, view_factory) -> None:
+    view = _source_with(
+        tmp_path, view_factory, ["2024-03-02 10:00", "2024-03-01 23:59", "2024-03-04 00:00"]
     )
-    window = resolve(None, None, stamps)
+    window = plan(view).window
     assert window.start == datetime(2024, 3, 1, tzinfo=UTC)
     assert window.end == datetime(2024, 3, 5, tzinfo=UTC)  # the last event's day included
     assert window.days == [date(2024, 3, d) for d in (1, 2, 3, 4)]
-    half = resolve(datetime(2024, 3, 2, tzinfo=UTC), None, stamps)
+    half = plan(view, start=datetime(2024, 3, 2, tzinfo=UTC)).window
     assert (half.start, half.end) == (datetime(2024, 3, 2, tzinfo=UTC), window.end)
 
 
-def test_resolve_without_data_or_bounds() -> None:
+def test_plan_without_data_or_bounds(tmp_path: Path, view_factory) -> None:
+    view = _source_with(tmp_path, view_factory, [])
     with pytest.raises(DataError, match="no events"):
-        resolve(None, None, pd.Series([], dtype="datetime64[us, UTC]"))
+        plan(view)
 
 
 def test_to_utc() -> None:
