@@ -462,6 +462,12 @@ def test_redis_reads_rows_of_the_older_layout(redis_store: RedisOnlineStore) -> 
     write(redis_store, rows(("u1", T0 + DAY, 5.0, 6.0)), version="new")
     row = redis_store.read(view=VIEW, keys=["u1"])["u1"]
     assert row is not None and row.values == {FEATURES[0]: 5.0, FEATURES[1]: 6.0}
+    client = redis.Redis.from_url(REDIS_URL)
+    try:  # its per-feature fields are gone, not left beside the packed ones
+        fields = client.hkeys(f"{redis_store.key_prefix}:{VIEW}:u1")
+    finally:
+        client.close()
+    assert sorted(fields) == [b"__f", b"__ts", b"__v", b"__x"]
 
 
 def test_redis_key_of_another_type_is_a_store_error(redis_store: RedisOnlineStore) -> None:
