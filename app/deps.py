@@ -1,8 +1,8 @@
 """FastAPI dependencies: routes take only these ``Annotated`` aliases.
 
 Everything comes from ``app.state``, filled by :mod:`app.lifespan`. The model is read
-once per request, so a request sees one model even if a new champion is swapped in
-meanwhile.
+from the slot once per request, so a request sees one model even if the reloader swaps
+in a new champion meanwhile.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
+from app.metrics import ServingMetrics
 from mlops.features.online.base import OnlineStore
 from mlops.serving import LoadedModel
+from mlops.serving.reloader import ModelSlot, Reloader
+from mlops.serving.request_log import RequestLog
 from mlops.settings import Settings
 
 
@@ -24,9 +27,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_model(request: Request) -> LoadedModel:
     """The loaded champion; 503 naming the reason when there is none."""
-    model: LoadedModel | None = request.app.state.model
+    slot: ModelSlot = request.app.state.model_slot
+    model = slot.model
     if model is None:
-        reason = request.app.state.model_error or "the model has not been loaded yet"
+        reason = slot.error or "the model has not been loaded yet"
         raise HTTPException(
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=f"no champion model is loaded: {reason}",
@@ -40,6 +44,27 @@ async def get_online_store(request: Request) -> OnlineStore:
     return store
 
 
+async def get_metrics(request: Request) -> ServingMetrics:
+    """The app's Prometheus metrics."""
+    metrics: ServingMetrics = request.app.state.metrics
+    return metrics
+
+
+async def get_request_log(request: Request) -> RequestLog:
+    """Where predictions and feedback are logged (batched off the hot path)."""
+    log: RequestLog = request.app.state.request_log
+    return log
+
+
+async def get_reloader(request: Request) -> Reloader:
+    """What follows the registry's champion alias."""
+    reloader: Reloader = request.app.state.reloader
+    return reloader
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 OnlineStoreDep = Annotated[OnlineStore, Depends(get_online_store)]
+MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
+RequestLogDep = Annotated[RequestLog, Depends(get_request_log)]
+ReloaderDep = Annotated[Reloader, Depends(get_reloader)]

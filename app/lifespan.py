@@ -1,10 +1,13 @@
-"""App start-up and shutdown: clients from settings, the champion, the online store.
+"""App start-up and shutdown: clients from settings, the champion, the request log.
 
 At start the lifespan builds the MLflow client (tracking and registry URIs from
-settings) and the online store, then loads the champion in a worker thread. A missing
-champion or one that fails its checks does not stop the app: ``/health`` answers,
-``/ready`` and the model routes answer 503 with the reason, and inline requests wait
-for a model. A later load only has to assign ``app.state.model`` (one reference).
+settings), the online store and the request log (whose writer thread starts at once),
+then the reloader makes its first check of the ``champion`` alias in a worker thread
+and starts following it (polling, and Prefect events when a server is configured). A
+missing champion or one that fails its checks does not stop the app: ``/health``
+answers, ``/ready`` and the model routes answer 503 with the reason until a version
+loads. At shutdown the reloader stops and the request log flushes (what cannot be
+written stays in its spool for the next start).
 """
 
 from __future__ import annotations
@@ -12,72 +15,54 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import anyio.to_thread
 from fastapi import FastAPI
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from mlops.errors import MlopsError, NoChampionError
+from app.metrics import ServingMetrics
 from mlops.features.online import build_online_store
-from mlops.serving import LoadedModel, load_model
+from mlops.serving.reloader import ModelSlot, Reloader
+from mlops.serving.request_log import RequestLog
 from mlops.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LoadOutcome:
-    """A loaded model, or why there is none."""
-
-    model: LoadedModel | None
-    error: str | None
-
-
-def model_cache_dir(settings: Settings) -> Path:
-    """Where downloaded model versions are kept: ``<home>/serving/models``."""
-    return settings.home / "serving" / "models"
-
-
-def load_champion(*, settings: Settings, client: MlflowClient) -> LoadOutcome:
-    """Load ``settings.serving.model_name@champion``; never raises for registry problems."""
-    name = settings.serving.model_name
-    try:
-        model = load_model(
-            client=client, name=name, alias="champion", cache_dir=model_cache_dir(settings)
-        )
-    except NoChampionError as exc:
-        logger.warning("%s", exc)
-        return LoadOutcome(model=None, error=str(exc))
-    except (MlopsError, MlflowException, OSError) as exc:
-        logger.error("cannot serve model %s@champion: %s", name, exc, exc_info=True)
-        return LoadOutcome(model=None, error=f"{type(exc).__name__}: {exc}")
-    return LoadOutcome(model=model, error=None)
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Fill ``app.state`` (settings, mlflow_client, online_store, model, model_error)."""
+    """Fill ``app.state`` (mlflow_client, online_store, request_log, reloader)."""
     settings: Settings = app.state.settings
+    metrics: ServingMetrics = app.state.metrics
+    slot: ModelSlot = app.state.model_slot
     settings.ensure_home()
     client = MlflowClient(
         tracking_uri=settings.tracking_uri, registry_uri=settings.mlflow.registry_uri
     )
     store = build_online_store(settings.online_store)
+    request_log = RequestLog(settings.request_log)
+    request_log.start()
+    metrics.watch_request_log(request_log)
+    reloader = Reloader(
+        settings=settings,
+        client=client,
+        store=store,
+        slot=slot,
+        on_loaded=metrics.model_loaded,
+        on_refused=metrics.model_refused,
+    )
     app.state.mlflow_client = client
     app.state.online_store = store
-    app.state.model = None
-    app.state.model_error = "the champion is still loading"
-
-    outcome = await anyio.to_thread.run_sync(
-        lambda: load_champion(settings=settings, client=client)
-    )
-    app.state.model = outcome.model
-    app.state.model_error = outcome.error
+    app.state.request_log = request_log
+    app.state.reloader = reloader
+    slot.error = "the champion is still loading"
     try:
+        await anyio.to_thread.run_sync(reloader.check)
+        reloader.start()
         yield
     finally:
+        await anyio.to_thread.run_sync(reloader.stop)
+        await anyio.to_thread.run_sync(request_log.close)
+        metrics.watch_request_log(None)
         await anyio.to_thread.run_sync(store.close)
-        logger.info("online store closed")
+        logger.info("serving stopped: request log flushed, online store closed")

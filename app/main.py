@@ -13,7 +13,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.lifespan import lifespan
-from app.routes import inference
+from app.metrics import MetricsMiddleware, ServingMetrics
+from app.routes import inference, management
+from app.security import BodyLimitMiddleware
+from mlops.serving.reloader import ModelSlot
 from mlops.settings import Settings
 
 
@@ -22,11 +25,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="mlops serving",
         summary="Scores the champion ONNX model on online-store or inline features.",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
     )
-    app.state.settings = settings if settings is not None else Settings()
-    app.state.model = None
-    app.state.model_error = "the app has not started"
+    settings = settings if settings is not None else Settings()
+    metrics = ServingMetrics()
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.model_slot = ModelSlot()
     app.include_router(inference.router)
+    app.include_router(management.router)
+    # Outermost first: the body limit answers 413 before anything reads the body, and
+    # the metrics middleware counts every request, 413s included.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -68,10 +68,59 @@ class Prediction(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    request_id: str = Field(
+        description="Identifies this prediction in the request log; send it back with "
+        "POST /feedback once the true label is known.",
+        examples=["3f1c0e2a9b7d4c55a1e0f6b2c9d8e7a1"],
+    )
     model: ModelRef
     predictions: list[Prediction] = Field(
         description="Entity predictions first (request order), then inline rows."
     )
+
+
+RequestId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: RequestId = Field(description="A request_id returned by POST /predict.")
+    index: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="The row of that request's predictions (0 for a one-row request).",
+    )
+    label: Literal[0, 1] = Field(description="The true label.")
+
+
+class FeedbackRequest(BaseModel):
+    """Ground-truth labels for earlier predictions, for live accuracy."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"feedback": [{"request_id": "3f1c0e2a9b7d4c55a1e0f6b2c9d8e7a1", "label": 1}]}
+            ]
+        },
+    )
+
+    feedback: list[FeedbackItem] = Field(min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int = Field(description="Labels queued for the request log.", examples=[1])
+
+
+class ReloadResponse(BaseModel):
+    """What a forced check of the registry's champion alias did."""
+
+    status: Literal["loaded", "unchanged", "refused", "no_champion"]
+    version: str | None = Field(description="The version the alias names (considered).")
+    serving: str | None = Field(description="The version served after the check.")
+    reason: str | None = Field(default=None, description="Why it was refused, or no champion.")
 
 
 class HealthResponse(BaseModel):

@@ -65,7 +65,26 @@ OnlineStoreSettings = SqliteOnlineStoreSettings | RedisOnlineStoreSettings
 
 
 class RequestLogSettings(BaseModel):
+    """Where predictions and feedback are logged, and how (batched off the hot path)."""
+
     url: str | None = Field(default=None, description="default sqlite:///<home>/requests.db")
+    batch_size: int = Field(default=500, ge=1, description="records per INSERT")
+    flush_interval_s: float = Field(
+        default=0.5, gt=0, description="longest a record waits in memory before its batch"
+    )
+    queue_max: int = Field(
+        default=20_000, ge=1, description="records held in memory; beyond, they go to the spool"
+    )
+    spool_dir: Path | None = Field(default=None, description="default <home>/serving/spool")
+    spool_max_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024,
+        description="disk the spool may use while the database is down; beyond, the oldest "
+        "records are dropped and counted",
+    )
+    retry_interval_s: float = Field(
+        default=2.0, gt=0, description="seconds between tries while the database is down"
+    )
 
 
 class DatasetSettings(BaseModel):
@@ -99,11 +118,31 @@ class FeatureSettings(BaseModel):
 
 
 class ServingSettings(BaseModel):
+    """The inference app: what it serves, its limits, auth and how it follows the registry."""
+
     host: str = "127.0.0.1"
     port: int = 8000
     model_name: str = "fraud_detector"
-    max_batch_rows: int = Field(default=10_000, ge=1)
-    api_token: SecretStr = SecretStr("change-me")
+    max_batch_rows: int = Field(default=10_000, ge=1, description="rows per /predict request")
+    max_body_bytes: int = Field(
+        default=8 * 1024**2, ge=1024, description="largest request body; beyond, 413"
+    )
+    api_token: SecretStr = Field(
+        default=SecretStr("change-me"),
+        description="bearer token of the management routes (a placeholder outside "
+        "development refuses to start)",
+    )
+    require_token_for_predict: bool = Field(
+        default=False, description="also require the token on /predict and /feedback"
+    )
+    reload_poll_s: float = Field(
+        default=5.0, gt=0, description="seconds between checks of the champion alias"
+    )
+    listen_events: bool = Field(
+        default=True,
+        description="reload at once on the Prefect event mlops.model.promoted (needs a "
+        "Prefect server: MLOPS_PREFECT__API_URL)",
+    )
 
 
 class Settings(BaseSettings):
@@ -150,6 +189,8 @@ class Settings(BaseSettings):
             self.online_store.path = home / "online.db"
         if self.request_log.url is None:
             self.request_log.url = f"sqlite:///{home / 'requests.db'}"
+        if self.request_log.spool_dir is None:
+            self.request_log.spool_dir = home / "serving" / "spool"
         if self.datasets.catalog_url is None:
             self.datasets.catalog_url = f"sqlite:///{home / 'catalog.db'}"
         self.features.definitions = self.features.definitions.expanduser().resolve()

@@ -13,6 +13,7 @@ key prefix, and ``redis://127.0.0.1:1/0`` as the unreachable one.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -21,11 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import onnxruntime as ort
 import pytest
+import schemathesis
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
+from pydantic import SecretStr
 
 from app.main import create_app
 from mlops.errors import IntegrityError, NoChampionError
@@ -390,3 +394,289 @@ def test_load_model_refuses_a_version_without_contract_tags(
     client = MlflowClient(tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri)
     with pytest.raises(IntegrityError, match="lacks tag\\(s\\) feature_views, entity_key"):
         load_model(client=client, name="untagged", cache_dir=tmp_path)
+
+
+# --- request ids, the request log and feedback ------------------------------------------
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def production_settings(
+    tmp_path: Path, registry: Registry, *, model_name: str = MODEL, **serving: object
+) -> Settings:
+    """Settings with a real token (and whatever ``serving`` overrides)."""
+    base = make_settings(tmp_path, registry, model_name=model_name)
+    return base.model_copy(
+        update={
+            "serving": ServingSettings(
+                model_name=model_name,
+                max_batch_rows=MAX_BATCH,
+                api_token=SecretStr(TOKEN),
+                reload_poll_s=60.0,
+                **serving,  # type: ignore[arg-type]
+            )
+        }
+    )
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_each_prediction_is_logged_under_its_request_id(
+    client: TestClient, registry: Registry
+) -> None:
+    first = client.post("/predict", json={"entities": ["card_00001"], "rows": INLINE_ROWS[:1]})
+    second = client.post("/predict", json={"rows": INLINE_ROWS})
+    assert first.status_code == second.status_code == 200
+    ids = [first.json()["request_id"], second.json()["request_id"]]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and ids[0] != ids[1]
+    assert first.headers["X-Request-ID"] == ids[0]
+
+    log = client.app.state.request_log  # type: ignore[attr-defined]
+    assert log.flush(timeout_s=10)
+    records = {r.request_id: r for r in log.predictions(ids)}
+    assert set(records) == set(ids)
+    one = records[ids[0]]
+    assert one.model_name == MODEL and one.model_version == registry.version
+    assert one.inputs == {"entities": ["card_00001"], "rows": INLINE_ROWS[:1]}
+    assert [o["entity"] for o in one.outputs] == ["card_00001", None]
+    assert [o["probabilities"] for o in one.outputs] == [
+        p["probabilities"] for p in first.json()["predictions"]
+    ]
+    assert one.latency_ms > 0 and one.received_at.tzinfo is not None
+
+
+def test_feedback_needs_the_token_and_joins_the_log(tmp_path: Path, registry: Registry) -> None:
+    with TestClient(create_app(production_settings(tmp_path, registry))) as client:
+        request_id = client.post("/predict", json={"rows": INLINE_ROWS}).json()["request_id"]
+        body = {"feedback": [{"request_id": request_id, "index": 1, "label": 1}]}
+
+        missing = client.post("/feedback", json=body)
+        assert missing.status_code == 401
+        assert missing.headers["WWW-Authenticate"] == "Bearer"
+        assert client.post("/feedback", json=body, headers=bearer("wrong")).status_code == 403
+
+        accepted = client.post("/feedback", json=body, headers=bearer())
+        assert accepted.status_code == 202 and accepted.json() == {"accepted": 1}
+        bad = client.post(
+            "/feedback", json={"feedback": [{"request_id": "nope", "label": 1}]}, headers=bearer()
+        )
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["body", "feedback", 0, "request_id"]
+
+        log = client.app.state.request_log  # type: ignore[attr-defined]
+        assert log.flush(timeout_s=10)
+        (pair,) = [p for p in log.labelled_predictions() if p[0].request_id == request_id]
+        assert pair[1].index == 1 and pair[1].label == 1
+
+
+def test_predict_can_require_the_token(tmp_path: Path, registry: Registry) -> None:
+    settings = production_settings(tmp_path, registry, require_token_for_predict=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/predict", json={"rows": INLINE_ROWS}).status_code == 401
+        wrong = client.post("/predict", json={"rows": INLINE_ROWS}, headers=bearer("x" * 30))
+        assert wrong.status_code == 403
+        ok = client.post("/predict", json={"rows": INLINE_ROWS}, headers=bearer())
+        assert ok.status_code == 200
+        # Reads stay open.
+        assert client.get("/model").status_code == 200
+
+
+def test_the_placeholder_token_refuses_to_start_outside_development(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings(home=tmp_path, environment="production")
+    Settings(home=tmp_path, environment="production", serving=ServingSettings(api_token=TOKEN))
+
+
+def test_predictions_go_on_while_the_request_log_database_is_down(
+    tmp_path: Path, registry: Registry
+) -> None:
+    settings = make_settings(tmp_path, registry)
+    settings.request_log.url = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+    settings.request_log.retry_interval_s = 0.1
+    settings.request_log.flush_interval_s = 0.05
+    with TestClient(create_app(settings)) as client:
+        for _ in range(5):
+            assert client.post("/predict", json={"rows": INLINE_ROWS}).status_code == 200
+        log = client.app.state.request_log  # type: ignore[attr-defined]
+        log.flush(timeout_s=10)
+        assert log.spool_records >= 5 and not log.database_ok
+        text = client.get("/metrics").text
+        assert "mlops_request_log_database_up 0.0" in text
+        assert metric(text, "mlops_request_log_spool_records") >= 5
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def metric(text: str, name: str, /, **labels: str) -> float:
+    """The value of one sample of the Prometheus text ``text`` (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        if all(part in label_text for part in want.split(",") if part):
+            total += float(value)
+    return total
+
+
+def test_metrics_count_requests_predictions_loads_and_store_reads(
+    client: TestClient, registry: Registry
+) -> None:
+    v = registry.version
+    for _ in range(3):
+        assert client.post("/predict", json={"rows": INLINE_ROWS}).status_code == 200
+    assert client.post("/predict", json={"entities": ["card_00001"]}).status_code == 200
+    assert client.post("/predict", json={"entities": ["card_nope"]}).status_code == 404
+    assert client.post("/predict", json={}).status_code == 422
+    client.get("/no/such/route")
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    ok = {"route": "/predict", "method": "POST", "status": "200", "model_version": v}
+    assert metric(text, "mlops_http_requests_total", **ok) == 4
+    assert metric(text, "mlops_http_request_duration_seconds_count", **ok) == 4
+    assert metric(text, "mlops_http_requests_total", route="/predict", status="404") == 1
+    assert metric(text, "mlops_http_requests_total", route="unmatched", status="404") == 1
+    # 3 x 2 inline rows + 1 entity row, split by predicted class
+    assert metric(text, "mlops_predictions_total", model_version=v) == 7
+    assert metric(text, "mlops_predictions_total", model_version=v, label="1") >= 1
+    assert metric(text, "mlops_model_inference_seconds_count", model_version=v) == 4
+    assert metric(text, "mlops_model_loads_total", result="loaded") == 1
+    assert metric(text, "mlops_model_info", name=MODEL, version=v) == 1
+    assert metric(text, "mlops_online_store_read_seconds_count", backend="sqlite") == 2
+    assert "mlops_request_log_queue_depth" in text
+
+
+def test_online_store_errors_are_counted(tmp_path: Path, registry: Registry) -> None:
+    config = RedisOnlineStoreSettings(url=UNREACHABLE_REDIS_URL, socket_timeout_s=0.5)
+    settings = make_settings(tmp_path, registry, online_store=config)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/predict", json={"entities": ["card_00001"]}).status_code == 503
+        text = client.get("/metrics").text
+    assert metric(text, "mlops_online_store_errors_total", backend="redis", kind="unavailable") == 1
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+
+def test_oversized_body_is_413_declared_or_streamed(tmp_path: Path, registry: Registry) -> None:
+    settings = production_settings(tmp_path, registry, max_body_bytes=2048)
+    big = {"entities": ["card_00001"], "rows": [INLINE_ROWS[0]] * 100}
+    with TestClient(create_app(settings)) as client:
+        declared = client.post("/predict", json=big)
+        assert declared.status_code == 413
+        assert "MAX_BODY_BYTES" in declared.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: chunked
+            payload = json.dumps(big).encode()
+            for i in range(0, len(payload), 512):
+                yield payload[i : i + 512]
+
+        streamed = client.post(
+            "/predict", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert streamed.status_code == 413
+        small = client.post("/predict", json={"rows": INLINE_ROWS[:1]})
+        assert small.status_code == 200
+
+
+# --- hot reload -------------------------------------------------------------------------------
+
+
+def test_reload_swaps_refuses_and_rolls_back(tmp_path: Path, registry: Registry) -> None:
+    name = f"reloadable_{uuid.uuid4().hex[:8]}"
+    v1 = register_version(
+        tracking_uri=registry.tracking_uri, experiment_id=registry.experiment_id, name=name
+    )
+    with TestClient(create_app(production_settings(tmp_path, registry, model_name=name))) as client:
+        assert client.get("/ready").json()["model"]["version"] == v1
+        assert client.post("/model/reload").status_code == 401
+
+        v2 = register_version(
+            tracking_uri=registry.tracking_uri, experiment_id=registry.experiment_id, name=name
+        )
+        loaded = client.post("/model/reload", headers=bearer())
+        assert loaded.status_code == 200, loaded.text
+        assert loaded.json()["status"] == "loaded" and loaded.json()["serving"] == v2
+        assert client.post("/predict", json={"rows": INLINE_ROWS}).headers["X-Model-Version"] == v2
+
+        bad = register_version(
+            tracking_uri=registry.tracking_uri,
+            experiment_id=registry.experiment_id,
+            name=name,
+            sha256="f" * 64,
+        )
+        refused = client.post("/model/reload", headers=bearer())
+        assert refused.status_code == 409
+        assert refused.json()["status"] == "refused" and refused.json()["version"] == bad
+        assert refused.json()["serving"] == v2 and "f" * 64 in refused.json()["reason"]
+        assert client.post("/predict", json={"rows": INLINE_ROWS}).headers["X-Model-Version"] == v2
+
+        # Rollback: promote the previous version again.
+        MlflowClient(
+            tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri
+        ).set_registered_model_alias(name, "champion", v1)
+        back = client.post("/model/reload", headers=bearer())
+        assert back.json()["status"] == "loaded" and back.json()["serving"] == v1
+
+        text = client.get("/metrics").text
+        assert metric(text, "mlops_model_loads_total", result="loaded") == 3
+        assert metric(text, "mlops_model_loads_total", result="refused") == 1
+        assert metric(text, "mlops_model_info", version=v1) == 1
+        assert metric(text, "mlops_model_info", version=v2) == 0
+
+
+# --- the OpenAPI document, fuzzed -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api_schema(
+    tmp_path_factory: pytest.TempPathFactory, registry: Registry
+) -> Iterator[schemathesis.BaseSchema]:
+    """The running app (model loaded, SQLite store filled) and its OpenAPI document."""
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    settings = production_settings(tmp_path, registry)
+    store = build_online_store(settings.online_store)
+    write_features(store, ENTITY_FEATURES)
+    store.close()
+    app = create_app(settings)
+    with TestClient(app):
+        yield schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+def test_openapi_fuzz_finds_no_server_error(api_schema: schemathesis.BaseSchema) -> None:
+    """Whatever the body, path or token, every operation answers 2xx/4xx, never 5xx."""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
+        "POST /predict",
+        "POST /feedback",
+        "POST /model/reload",
+        "GET /metrics",
+    }
+    for operation in operations:
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(
+            max_examples=60,
+            deadline=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            database=None,
+        )
+        def no_server_error(case: schemathesis.Case) -> None:
+            for headers in (bearer(), None):
+                response = case.call(headers=headers)
+                assert response.status_code < 500, (
+                    f"{case.method} {case.formatted_path} -> {response.status_code}: "
+                    f"{response.text[:500]}\n{case.as_curl_command()}"
+                )
+
+        no_server_error()

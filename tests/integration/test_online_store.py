@@ -418,7 +418,7 @@ def test_redis_layout_hash_per_entity_with_ttl_and_a_meta_hash(
         stored = client.hgetall(key)
         assert 0 < client.ttl(key) <= 86_400
         meta = f"{redis_store.key_prefix}:{VIEW}"
-        assert client.hgetall(meta) == {b"max_ts": stored[b"__ts"]}
+        assert client.hgetall(meta) == {b"max_ts": stored[b"__ts"], b"version": b"abc"}
         assert 0 < client.ttl(meta) <= 86_400
         us = (T0 - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
         assert stored[b"__ts"] == str(us).encode() and stored[b"__v"] == b"abc"
@@ -590,3 +590,67 @@ def test_unwritable_sqlite_path_is_store_unavailable_at_once(
     assert time.perf_counter() - started < 1.0
     assert str(path) in str(caught.value) and operation in str(caught.value)
     store.close()
+
+
+# --- current_version ------------------------------------------------------------------
+
+
+def test_current_version_is_that_of_the_newest_rows(store: OnlineStore) -> None:
+    assert store.current_version(VIEW) is None
+
+    write(store, rows(("u1", T0 + DAY, 1.0, 1.0), ("u2", T0, 1.0, 1.0)), version="v1")
+    assert store.current_version(VIEW) == "v1"
+
+    write(store, rows(("u3", T0 - DAY, 1.0, 1.0)), version="v2")  # older rows: v1 stays
+    assert store.current_version(VIEW) == "v1"
+    write(store, rows(("u1", T0 + DAY, 2.0, 2.0)), version="v3")  # the same event time wins
+    assert store.current_version(VIEW) == "v3"
+    write(store, rows(("u2", T0 + 2 * DAY, 1.0, 1.0)), version="v4")  # a newer event
+    assert store.current_version(VIEW) == "v4"
+    assert store.newest_event_timestamp(VIEW) == T0 + 2 * DAY
+    assert store.current_version("other_view") is None
+
+    store.teardown(VIEW)
+
+    assert store.current_version(VIEW) is None
+
+
+def test_current_version_of_a_rematerialized_view(store: OnlineStore) -> None:
+    """A new view version rewriting the same events (and more than one script call)."""
+    entities = [(f"u{i}", T0 + timedelta(seconds=i % 7), float(i), 0.0) for i in range(1_500)]
+    write(store, rows(*entities), version="old")
+    assert store.current_version(VIEW) == "old"
+
+    write(store, rows(*entities), version="new")
+
+    assert store.current_version(VIEW) == "new"
+    got = store.read(view=VIEW, keys=["u0", "u1499"])
+    assert {row.version for row in got.values() if row is not None} == {"new"}
+
+
+def test_current_version_forgets_expired_rows(store: OnlineStore) -> None:
+    write(store, rows(("u1", T0 + DAY, 1.0, 1.0)), version="v1", ttl=timedelta(seconds=1))
+    assert store.current_version(VIEW) == "v1"
+
+    time.sleep(1.2)
+
+    assert store.current_version(VIEW) is None
+
+
+def test_current_version_of_unreachable_stores_is_store_unavailable(tmp_path: Path) -> None:
+    regular_file = tmp_path / "a-file"
+    regular_file.write_text("not a folder")
+    stores = [
+        build_online_store(
+            RedisOnlineStoreSettings(url=UNREACHABLE_URL, key_prefix="t", socket_timeout_s=0.5)
+        ),
+        build_online_store(SqliteOnlineStoreSettings(path=regular_file / "online.db")),
+    ]
+    for unreachable in stores:
+        started = time.perf_counter()
+
+        with pytest.raises(StoreUnavailableError, match="current_version"):
+            unreachable.current_version(VIEW)
+
+        assert time.perf_counter() - started < 1.0
+        unreachable.close()

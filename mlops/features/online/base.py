@@ -106,6 +106,13 @@ class OnlineStore(Protocol):
     def newest_event_timestamp(self, view: str) -> datetime | None:
         """The newest event time stored for ``view`` (UTC), ``None`` when it has no rows."""
 
+    def current_version(self, view: str) -> str | None:
+        """The view version of the newest rows written for ``view`` (those of its newest
+        event time; on a tie, the last written), ``None`` when it has no rows.
+
+        Serving checks it before swapping in a model trained on another version.
+        """
+
     def teardown(self, view: str) -> None:
         """Remove everything stored for ``view``."""
 

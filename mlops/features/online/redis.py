@@ -7,14 +7,15 @@ Rows of the older layout (one field per feature holding ``repr(float)``) are sti
 
 Each view also has a meta hash ``{prefix}:{view}`` (no entity part) whose ``max_ts`` is
 the newest event time written, raised monotonically by the write script and expiring
-with the row that carries it; :meth:`RedisOnlineStore.newest_event_timestamp` reads it
-without scanning.
+with the row that carries it, and whose ``version`` is the view version of the batch
+that last raised it (or matched it); :meth:`RedisOnlineStore.newest_event_timestamp` and
+:meth:`RedisOnlineStore.current_version` read them without scanning.
 
 Writes: one Lua script call per 1,000 entities replaces each entity's hash unless it holds
-a newer event, sets ``EXPIRE`` and raises ``max_ts``. Reads: one Lua script call (one
-round trip) per batch of up to 1,000 keys, of one view or several, answering two strings
-(the row heads, and every value packed), so that the client parses two replies, not one
-per key or feature, and floats without text.
+a newer event, sets ``EXPIRE`` and raises ``max_ts`` (setting ``version`` with it). Reads:
+one Lua script call (one round trip) per batch of up to 1,000 keys, of one view or
+several, answering two strings (the row heads, and every value packed), so that the
+client parses two replies, not one per key or feature, and floats without text.
 
 Unreachable servers and timeouts raise :class:`~mlops.errors.StoreUnavailableError`,
 other Redis errors :class:`~mlops.errors.FeatureStoreError`, each naming the URL (its
@@ -51,6 +52,7 @@ _WRITE_CHUNK = 1000
 _READ_CHUNK = 1000
 _UNLINK_CHUNK = 500
 _MAX_TS = "max_ts"
+_VERSION = "version"
 _NAME_SEP = "\x1f"  # between feature names in __f
 _HEAD_SEP = b"\x1e"  # between the parts of the row heads in a read reply
 _SAME_LAYOUT = b"\x1d"  # "the same feature names as the previous row" in a read reply
@@ -62,7 +64,9 @@ _F8 = np.dtype("<f8")
 # packed values (one fixed-width record per entity, in KEYS order). Two blobs rather than
 # two arguments per entity: the client packs and the server parses 3 arguments, not 500.
 # A hash is deleted before it is rewritten only when it holds the older layout (no
-# ``__x``; a field per feature). Returns the number of entities written.
+# ``__x``; a field per feature). The meta hash's ``max_ts`` and ``version`` are set together
+# when the batch's newest written event is at least ``max_ts``. Returns the number of
+# entities written.
 _WRITE_LUA = """
 local ttl, version, names, stamps, rows = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local width = #rows / (#KEYS - 1)
@@ -88,7 +92,7 @@ end
 if newest then
     local current = redis.call('HGET', KEYS[1], 'max_ts')
     if not current or tonumber(current) <= newest then
-        redis.call('HSET', KEYS[1], 'max_ts', newest_ts)
+        redis.call('HSET', KEYS[1], 'max_ts', newest_ts, 'version', version)
         redis.call('EXPIRE', KEYS[1], ttl)
     end
 end
@@ -399,6 +403,18 @@ class RedisOnlineStore:
         with self._errors(f"newest_event_timestamp({view!r})"):
             raw = self._client.hget(self._meta_key(view), _MAX_TS)
         return None if raw is None else from_epoch_us(int(raw))
+
+    def current_version(self, view: str) -> str | None:
+        """``version`` of the view's meta hash (one HGET), set with ``max_ts``.
+
+        ``None`` when nothing is stored, or when the meta hash was written before it
+        carried a version. It expires with ``max_ts``.
+        """
+        with self._errors(f"current_version({view!r})"):
+            raw = self._client.hget(self._meta_key(view), _VERSION)
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def teardown(self, view: str) -> None:
         """Delete every key of ``view`` (SCAN + UNLINK in batches) and its meta hash."""

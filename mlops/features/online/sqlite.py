@@ -4,7 +4,8 @@
 microseconds (UTC), the feature values as a JSON object (NaN as ``null``), the view
 version, and when and for how long the row was written. Expired rows are filtered on
 read, count as absent when a write checks event-time order, as if they had gone, and are
-left out of :meth:`SqliteOnlineStore.newest_event_timestamp` (``MAX(event_ts)``).
+left out of :meth:`SqliteOnlineStore.newest_event_timestamp` (``MAX(event_ts)``) and
+:meth:`SqliteOnlineStore.current_version` (the version of the row of that event time).
 
 The file (and its folder) is created on first use, in WAL mode so that a materialize
 flow can write while the app reads. One connection is shared by all threads, behind
@@ -209,6 +210,17 @@ class SqliteOnlineStore:
                 (view, time.time()),
             ).fetchone()
         return None if newest is None else from_epoch_us(newest)
+
+    def current_version(self, view: str) -> str | None:
+        """The version of the view's newest unexpired row (by event time, then by write)."""
+        with self._connection(f"current_version({view!r})") as db:
+            newest = db.execute(
+                "SELECT version FROM online_features "
+                "WHERE view = ? AND written_at + ttl_s >= ? "
+                "ORDER BY event_ts DESC, written_at DESC LIMIT 1",
+                (view, time.time()),
+            ).fetchone()
+        return None if newest is None else str(newest[0])
 
     def teardown(self, view: str) -> None:
         """Delete every row of ``view``."""
