@@ -1,12 +1,14 @@
 """FastAPI dependencies: routes take only these ``Annotated`` aliases.
 
-Everything comes from ``app.state``, filled by :mod:`app.lifespan`. The model is read
-from the slot once per request, so a request sees one model even if the reloader swaps
+Everything comes from ``app.state``, filled by :mod:`app.lifespan`. ``/predict`` reads
+its parts from one :class:`ServingState` instead (its hot path). The model is read from
+the slot once per request, so a request sees one model even if the reloader swaps
 in a new champion meanwhile.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -25,9 +27,19 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_model(request: Request) -> LoadedModel:
-    """The loaded champion; 503 naming the reason when there is none."""
-    slot: ModelSlot = request.app.state.model_slot
+@dataclass(frozen=True, slots=True)
+class ServingState:
+    """What ``/predict`` needs, in one object (``app.state.serving``, set by the lifespan)."""
+
+    settings: Settings
+    slot: ModelSlot
+    store: OnlineStore
+    metrics: ServingMetrics
+    request_log: RequestLog
+
+
+def current_model(slot: ModelSlot) -> LoadedModel:
+    """The model in ``slot`` (read once); 503 naming the reason when there is none."""
     model = slot.model
     if model is None:
         reason = slot.error or "the model has not been loaded yet"
@@ -36,6 +48,11 @@ async def get_model(request: Request) -> LoadedModel:
             detail=f"no champion model is loaded: {reason}",
         )
     return model
+
+
+async def get_model(request: Request) -> LoadedModel:
+    """The loaded champion; 503 naming the reason when there is none."""
+    return current_model(request.app.state.model_slot)
 
 
 async def get_online_store(request: Request) -> OnlineStore:

@@ -12,7 +12,9 @@ written stays in its spool for the next start).
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +22,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from mlflow import MlflowClient
 
+from app.deps import ServingState
 from app.metrics import ServingMetrics
 from mlops.features.online import build_online_store
 from mlops.serving.reloader import ModelSlot, Reloader
@@ -27,6 +30,8 @@ from mlops.serving.request_log import RequestLog
 from mlops.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @asynccontextmanager
@@ -55,9 +60,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.online_store = store
     app.state.request_log = request_log
     app.state.reloader = reloader
+    app.state.serving = ServingState(
+        settings=settings, slot=slot, store=store, metrics=metrics, request_log=request_log
+    )
     slot.error = "the champion is still loading"
     try:
         await anyio.to_thread.run_sync(reloader.check)
+        # What start-up built (clients, modules, the model) lives as long as the app:
+        # out of the collector's way, a full collection stays short under load.
+        gc.collect()
+        gc.freeze()
+        # Threads that come back from I/O (the request log's writer, entity reads in the
+        # pool) wait for the GIL up to this long while the event loop runs Python: the
+        # default 5 ms starves them under load.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         reloader.start()
         yield
     finally:

@@ -10,11 +10,17 @@ that the lifespan runs).
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.routing import Route
 
 from app.lifespan import lifespan
 from app.metrics import MetricsMiddleware, ServingMetrics
 from app.routes import inference, management
+from app.schemas import PredictRequest
 from app.security import BodyLimitMiddleware
 from mlops.serving.reloader import ModelSlot
 from mlops.settings import Settings
@@ -35,8 +41,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_slot = ModelSlot()
     app.include_router(inference.router)
     app.include_router(management.router)
+    # /predict is also mounted as a plain Starlette route, ahead of its FastAPI route:
+    # requests take the plain one (no per-request dependency solving: the endpoint reads
+    # and checks its body itself), the FastAPI route stays for the OpenAPI document.
+    app.router.routes.insert(
+        0, Route("/predict", inference.predict, methods=["POST"], include_in_schema=False)
+    )
+    app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     # Outermost first: the body limit answers 413 before anything reads the body, and
     # the metrics middleware counts every request, 413s included.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    paths = frozenset(path for route in app.routes if (path := getattr(route, "path", None)))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the schema of the body ``/predict`` parses itself."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas["PredictRequest"] = PredictRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        app.openapi_schema = document
+    return app.openapi_schema

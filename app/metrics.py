@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -55,6 +56,7 @@ _LATENCY_BUCKETS = (
     2.0,
     5.0,
 )
+_MAX_CACHED_LABEL_SETS = 1_000
 _INFERENCE_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1)
 
 
@@ -98,6 +100,15 @@ class _RequestLogCollector(Collector):
             "Request-log records lost because the spool was full.",
             value=log.dropped,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class VersionMetrics:
+    """One model version's label children of the prediction metrics."""
+
+    inference: Any
+    negative: Any
+    positive: Any
 
 
 class ServingMetrics:
@@ -160,6 +171,19 @@ class ServingMetrics:
         self._request_log = _RequestLogCollector()
         self.registry.register(self._request_log)
         self._served: tuple[str, str] | None = None
+        self._versions: dict[str, VersionMetrics] = {}
+
+    def of_version(self, version: str) -> VersionMetrics:
+        """The per-version children (cached: the hot path skips ``labels()``)."""
+        found = self._versions.get(version)
+        if found is None:
+            found = VersionMetrics(
+                inference=self.inference.labels(version),
+                negative=self.predictions.labels(version, "0"),
+                positive=self.predictions.labels(version, "1"),
+            )
+            self._versions[version] = found
+        return found
 
     def watch_request_log(self, log: RequestLog | None) -> None:
         """Report ``log``'s queue, spool and counters at each scrape."""
@@ -183,13 +207,21 @@ class ServingMetrics:
 class MetricsMiddleware:
     """Counts and times every HTTP request (pure ASGI: no per-request task or copy).
 
-    The route label is the matched route's path template, the model version label the
-    response's ``X-Model-Version`` header (empty when the response has none).
+    The route label is the matched route's path template (or the request's path when it
+    is one of ``paths``, the app's fixed paths: a plain Starlette route leaves no route in
+    the scope), the model version label the response's ``X-Model-Version`` header (empty
+    when the response has none).
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: ServingMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: ServingMetrics, paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.paths = paths
+        # Label children by their label values: prometheus_client's labels() takes a lock
+        # and builds a key on every call; a hot route has few distinct label sets.
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -213,7 +245,17 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_note)
         finally:
             route: Any = scope.get("route")
-            path = getattr(route, "path", None) or UNMATCHED
+            path = getattr(route, "path", None) or (
+                scope["path"] if scope["path"] in self.paths else UNMATCHED
+            )
             labels = (path, scope["method"], str(status), version)
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            children = self._children.get(labels)
+            if children is None:
+                children = (
+                    self.metrics.requests.labels(*labels),
+                    self.metrics.latency.labels(*labels),
+                )
+                if len(self._children) < _MAX_CACHED_LABEL_SETS:
+                    self._children[labels] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

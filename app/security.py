@@ -27,6 +27,17 @@ _bearer = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+def check_token(authorization: str | None, settings: Settings) -> None:
+    """401/403 unless ``authorization`` (the header's value) is the bearer token."""
+    scheme, _, token = (authorization or "").partition(" ")
+    credentials = (
+        HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip())
+        if scheme.lower() == "bearer" and token.strip()
+        else None
+    )
+    _check(credentials, settings)
+
+
 def _check(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> None:
     if credentials is None or not credentials.credentials:
         raise HTTPException(
@@ -44,13 +55,6 @@ def _check(credentials: HTTPAuthorizationCredentials | None, settings: Settings)
 async def require_token(request: Request, credentials: Credentials) -> None:
     """Dependency of management routes: a valid bearer token, always."""
     _check(credentials, request.app.state.settings)
-
-
-async def require_token_for_predict(request: Request, credentials: Credentials) -> None:
-    """Dependency of prediction routes: a valid token when settings ask for one."""
-    settings: Settings = request.app.state.settings
-    if settings.serving.require_token_for_predict:
-        _check(credentials, settings)
 
 
 class BodyLimitMiddleware:

@@ -40,20 +40,20 @@ and lists, any other object its ``str``. Times are stored and returned as UTC.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
-import math
 import numbers
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -106,16 +106,23 @@ prediction_feedback = sa.Table(
 
 @dataclass(frozen=True, slots=True)
 class PredictionRecord:
-    """One prediction request: ``outputs`` holds one ``{"label", "probabilities"}`` per row."""
+    """One prediction request: ``outputs`` holds one ``{"label", "probabilities"}`` per row.
+
+    ``inputs`` and ``outputs`` may be given as JSON text (bytes or str) already: the app
+    passes the request body it parsed and the predictions it encoded for its answer, so
+    the log encodes nothing again. They are read back as JSON values.
+    """
 
     request_id: str
     received_at: datetime
     model_name: str
     model_version: str
-    inputs: dict[str, Any]
-    outputs: list[dict[str, Any]]
+    inputs: dict[str, Any] | bytes | str
+    outputs: list[dict[str, Any]] | bytes | str
     latency_ms: float
     route: str = "/predict"
+    n_rows: int | None = None
+    """Rows scored; ``len(outputs)`` when None (give it when ``outputs`` is JSON text)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,45 +153,50 @@ def upgrade_schema(engine: sa.Engine) -> None:
 # --- rows: what the writer inserts and spools -----------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` as plain JSON (most values already are: checked by one ``json.dumps``)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return _clean(value, depth=0)
-    return value
+def _json_text(value: Any) -> str:
+    """``value`` as JSON text (orjson: numpy values, NaN and infinities as ``null``, other
+    objects as their ``str``, dict keys of any type as text)."""
+    return orjson.dumps(value, default=_fallback, option=_ORJSON_OPTIONS).decode()
 
 
-def _clean(value: Any, *, depth: int) -> Any:
-    if value is None or isinstance(value, str | bool):
-        return value
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _fallback(value: Any) -> Any:
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    if depth < 64:
-        if isinstance(value, Mapping):
-            return {str(k): _clean(v, depth=depth + 1) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [_clean(v, depth=depth + 1) for v in value]
-        if hasattr(value, "tolist"):  # numpy arrays
-            return _clean(value.tolist(), depth=depth + 1)
+        return float(value)
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
     return str(value)
 
 
+def _json_column(value: Any) -> str:
+    """A JSON column's text: ``value`` as is when it is already JSON text (bytes or str,
+    e.g. the request body the app parsed), else encoded by :func:`_json_text`."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    return _json_text(value)
+
+
 def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
-    outputs = _jsonable(list(record.outputs))
+    """A row of ``prediction_log``, its JSON columns already as text (see
+    :func:`_idempotent_inserts`: the writer's CPU goes into orjson, not a JSON type)."""
     return {
         "request_id": str(record.request_id),
         "received_at": as_utc(record.received_at),
         "model_name": str(record.model_name),
         "model_version": str(record.model_version),
         "route": str(record.route),
-        "inputs": _jsonable(record.inputs),
-        "outputs": outputs,
+        "inputs": _json_column(record.inputs),
+        "outputs": _json_column(record.outputs),
         "latency_ms": float(record.latency_ms),
-        "n_rows": len(outputs),
+        "n_rows": int(record.n_rows) if record.n_rows is not None else len(record.outputs),
     }
 
 
@@ -225,7 +237,7 @@ class _Rows:
         for kind, rows in (("prediction", self.predictions), ("feedback", self.feedback)):
             for row in rows:
                 line = {"kind": kind, **row, "received_at": row["received_at"].isoformat()}
-                out.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+                out.append(orjson.dumps(line) + b"\n")
         return out
 
     @classmethod
@@ -235,7 +247,7 @@ class _Rows:
         targets = {"prediction": rows.predictions, "feedback": rows.feedback}
         for line in data.splitlines():
             try:
-                row = json.loads(line)
+                row = orjson.loads(line)
                 kind = row.pop("kind")
                 if row.keys() != _COLUMNS[kind]:
                     raise KeyError(kind)
@@ -247,21 +259,59 @@ class _Rows:
         return rows, bad
 
 
-def _idempotent_inserts(dialect: str) -> tuple[sa.Executable, sa.Executable]:
-    """The INSERTs of a batch (run with a list of rows: one executemany per table).
+@lru_cache(maxsize=4)  # built once per dialect: SQLAlchemy's upsert is slow to build
+def _idempotent_inserts(dialect: str) -> tuple[Callable[[int], str], sa.Executable]:
+    """The INSERTs of a batch: predictions by the statement for ``n`` rows, feedback run
+    with a list of rows (executemany).
 
-    Predictions: ``ON CONFLICT (request_id) DO NOTHING``. Feedback: ``ON CONFLICT
-    (request_id, "index") DO UPDATE`` unless the stored label was received later, so the
-    newest label wins whatever order the rows are written in (a replayed spool included).
+    Predictions: one multi-row ``INSERT ... ON CONFLICT (request_id) DO NOTHING`` per up
+    to :data:`_ROWS_PER_STATEMENT` rows, the JSON columns bound as the text
+    :func:`_json_text` made (cast to JSONB on Postgres), so that no JSON type encodes
+    them again. One statement, not an executemany: the driver then crosses into the
+    database (and releases the GIL) once per batch, not once per row, each time waiting
+    for the busy event loop to hand the GIL back. Feedback: ``ON CONFLICT (request_id,
+    "index") DO UPDATE`` unless the stored label was received later, so the newest label
+    wins whatever order the rows are written in (a replayed spool included).
     """
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    predictions = insert(prediction_log).on_conflict_do_nothing(index_elements=["request_id"])
     feedback = insert(prediction_feedback)
-    return predictions, feedback.on_conflict_do_update(
+    return partial(_prediction_insert, dialect), feedback.on_conflict_do_update(
         index_elements=["request_id", "index"],
         set_={"label": feedback.excluded.label, "received_at": feedback.excluded.received_at},
         where=prediction_feedback.c.received_at <= feedback.excluded.received_at,
     )
+
+
+_PREDICTION_COLUMNS = tuple(prediction_log.c.keys())
+_ROWS_PER_STATEMENT = 1_000  # x 9 parameters: within SQLite's and Postgres' limits
+
+
+@lru_cache(maxsize=64)
+def _prediction_insert(dialect: str, n: int) -> str:
+    """The driver-level SQL of a multi-row insert of ``n`` predictions (positional
+    parameters: no per-parameter work in SQLAlchemy)."""
+    mark = "%s" if dialect == "postgresql" else "?"
+    json_value = f"CAST({mark} AS JSONB)" if dialect == "postgresql" else mark
+    row = ", ".join(json_value if c in ("inputs", "outputs") else mark for c in _PREDICTION_COLUMNS)
+    values = ", ".join([f"({row})"] * n)
+    return (
+        f"INSERT INTO prediction_log ({', '.join(_PREDICTION_COLUMNS)}) VALUES {values} "
+        "ON CONFLICT (request_id) DO NOTHING"
+    )
+
+
+def _flat_params(dialect: str, rows: list[dict[str, Any]]) -> tuple[Any, ...]:
+    if dialect == "sqlite":  # as SQLAlchemy's DateTime stores it there: naive UTC text
+        return tuple(
+            _sqlite_time(row[c]) if c == "received_at" else row[c]
+            for row in rows
+            for c in _PREDICTION_COLUMNS
+        )
+    return tuple(row[c] for row in rows for c in _PREDICTION_COLUMNS)
+
+
+def _sqlite_time(value: datetime) -> str:
+    return as_utc(value).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 # --- the spool --------------------------------------------------------------------------
@@ -646,7 +696,9 @@ class RequestLog:
     def _get_engine(self) -> sa.Engine:
         with self._engine_lock:
             if self._engine is None:
-                self._engine = create_engine(self._url.render_as_string(hide_password=False))
+                self._engine = create_engine(
+                    self._url.render_as_string(hide_password=False), write_ahead_log=True
+                )
             return self._engine
 
     def _ready_engine(self) -> sa.Engine:
@@ -665,8 +717,10 @@ class RequestLog:
         for attempt in (1, 2):
             try:
                 with engine.begin() as conn:
-                    if rows.predictions:
-                        conn.execute(predictions, rows.predictions)
+                    dialect = engine.dialect.name
+                    for start in range(0, len(rows.predictions), _ROWS_PER_STATEMENT):
+                        batch = rows.predictions[start : start + _ROWS_PER_STATEMENT]
+                        conn.exec_driver_sql(predictions(len(batch)), _flat_params(dialect, batch))
                     if rows.feedback:
                         conn.execute(feedback, rows.feedback)
                 return

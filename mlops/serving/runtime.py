@@ -65,7 +65,10 @@ INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 MODEL_FILE = "model.onnx"
 REQUIRED_TAGS = Tags.REQUIRED_FOR_SERVING
-DEFAULT_INTRA_OP_THREADS = 4
+DEFAULT_INTRA_OP_THREADS = 1
+"""onnxruntime threads per session. A server runs many small requests at once, each on
+the event loop or a thread of its own: a pool per session only fights them for cores
+(on 2 cores, one row: 11 µs with 1 thread, 31 µs with 4; 1,000 rows: 158 µs vs 327 µs)."""
 POSITIVE_THRESHOLD = 0.5
 """P(positive) at or above which the predicted label is 1."""
 
@@ -312,8 +315,25 @@ def rows_to_matrix(rows: Sequence[Mapping[str, float]], feature_names: Sequence[
 
     Every row must hold exactly the model's features, each a finite number (also once
     cast to float32). Raises :class:`FeatureRowError` naming the row and the feature.
+    The common case (every row well formed) is checked in bulk; the row-by-row walk that
+    names the culprit runs only when that check fails.
     """
     names = list(feature_names)
+    known = frozenset(names)
+    if all(row.keys() == known for row in rows):
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                matrix = np.array([[row[f] for f in names] for row in rows], dtype=np.float32)
+        except (TypeError, ValueError):
+            pass  # a value that is not a number: the walk below names it
+        else:
+            matrix = matrix.reshape(len(rows), len(names))
+            if bool(np.isfinite(matrix).all()):
+                return matrix
+    return _rows_to_matrix_checked(rows, names)
+
+
+def _rows_to_matrix_checked(rows: Sequence[Mapping[str, float]], names: list[str]) -> np.ndarray:
     known = set(names)
     matrix = np.empty((len(rows), len(names)), dtype=np.float32)
     for i, row in enumerate(rows):
