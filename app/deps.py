@@ -16,6 +16,7 @@ from fastapi import Depends, HTTPException, Request, status
 from app.metrics import ServingMetrics
 from mlops.features.online.base import OnlineStore
 from mlops.serving import LoadedModel
+from mlops.serving.coalesce import CoalescingReader
 from mlops.serving.reloader import ModelSlot, Reloader
 from mlops.serving.request_log import RequestLog
 from mlops.settings import Settings
@@ -36,6 +37,7 @@ class ServingState:
     store: OnlineStore
     metrics: ServingMetrics
     request_log: RequestLog
+    entity_reader: CoalescingReader
 
 
 def current_model(slot: ModelSlot) -> LoadedModel:

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from app.deps import ServingState
 from app.metrics import ServingMetrics
 from mlops.features.online import build_online_store
+from mlops.serving.coalesce import CoalescingReader
 from mlops.serving.reloader import ModelSlot, Reloader
 from mlops.serving.request_log import RequestLog
 from mlops.settings import Settings
@@ -61,7 +62,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.request_log = request_log
     app.state.reloader = reloader
     app.state.serving = ServingState(
-        settings=settings, slot=slot, store=store, metrics=metrics, request_log=request_log
+        settings=settings,
+        slot=slot,
+        store=store,
+        metrics=metrics,
+        request_log=request_log,
+        entity_reader=CoalescingReader(store),
     )
     slot.error = "the champion is still loading"
     try:

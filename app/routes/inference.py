@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
-from functools import partial
 
 import anyio.to_thread
 import numpy as np
@@ -41,16 +40,15 @@ from mlops.errors import (
     StoreUnavailableError,
     VersionMismatchError,
 )
-from mlops.features.online.base import OnlineStore
 from mlops.serving import (
     FeatureRowError,
     IncompleteFeaturesError,
     LoadedModel,
-    features_for_entities,
     rows_to_matrix,
 )
+from mlops.serving.coalesce import CoalescingReader
 from mlops.serving.request_log import PredictionRecord
-from mlops.serving.runtime import POSITIVE_THRESHOLD
+from mlops.serving.runtime import POSITIVE_THRESHOLD, entity_reads, matrix_from_rows
 from mlops.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -152,7 +150,7 @@ async def predict(request: Request) -> Response:
     raw = await request.body()
     body = _parse_body(raw)
     model = current_model(serving.slot)
-    store, request_log = serving.store, serving.request_log
+    request_log = serving.request_log
     limit = settings.serving.max_batch_rows
     if body.size > limit:
         raise over_batch_limit(("body",), body.size, "rows (entities + rows)", limit)
@@ -160,16 +158,12 @@ async def predict(request: Request) -> Response:
     rows = body.rows or []
     inline = _inline_matrix(rows, model)
     if entities:
-        # Blocking store I/O goes to the thread pool, never onto the event loop.
-        by_entity = await anyio.to_thread.run_sync(
-            partial(
-                _read_entity_features,
-                store=store,
-                model=model,
-                keys=entities,
-                settings=settings,
-                metrics=metrics,
-            )
+        by_entity = await _read_entity_features(
+            reader=serving.entity_reader,
+            model=model,
+            keys=entities,
+            settings=settings,
+            metrics=metrics,
         )
         matrix = np.concatenate([by_entity, inline]) if rows else by_entity
     else:
@@ -271,20 +265,21 @@ def _sources(entities: list[str], n_rows: int) -> list[tuple[str | None, int]]:
     return out
 
 
-def _read_entity_features(
+async def _read_entity_features(
     *,
-    store: OnlineStore,
+    reader: CoalescingReader,
     model: LoadedModel,
     keys: list[str],
     settings: Settings,
     metrics: ServingMetrics,
 ) -> np.ndarray:
     """Features of ``keys`` from the online store, timed and counted, domain errors mapped
-    to HTTP."""
+    to HTTP. The blocking read runs in the thread pool, shared with the lookups of
+    concurrent requests (:class:`~mlops.serving.coalesce.CoalescingReader`)."""
     backend = settings.online_store.type
     started = time.perf_counter()
     try:
-        return features_for_entities(store, model, keys)
+        return matrix_from_rows(model, keys, await reader.read(entity_reads(model, keys)))
     except EntityNotFoundError as exc:
         raise _error(model, status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except VersionMismatchError as exc:

@@ -55,7 +55,7 @@ from mlops.errors import (
     SchemaError,
     VersionMismatchError,
 )
-from mlops.features.online.base import OnlineStore
+from mlops.features.online.base import OnlineRow, OnlineStore
 from mlops.registry import version_by_alias
 from mlops.tags import Tags
 
@@ -379,11 +379,25 @@ def features_for_entities(
     feature is absent or NaN.
     :class:`mlops.errors.StoreUnavailableError` from the store passes through.
     """
-    columns: dict[str, np.ndarray] = {}
     if not keys:
         return np.empty((0, model.n_features), dtype=np.float32)
     # Every view in one round trip (Redis: one script call for up to 1,000 keys in all).
-    by_view = store.read_many({ref.name: keys for ref in model.feature_views})
+    return matrix_from_rows(model, keys, store.read_many(entity_reads(model, keys)))
+
+
+def entity_reads(model: LoadedModel, keys: Sequence[str]) -> dict[str, Sequence[str]]:
+    """The :meth:`OnlineStore.read_many` request of ``keys`` for ``model``: every view."""
+    return {ref.name: keys for ref in model.feature_views}
+
+
+def matrix_from_rows(
+    model: LoadedModel, keys: Sequence[str], by_view: Mapping[str, Mapping[str, OnlineRow | None]]
+) -> np.ndarray:
+    """The matrix of :func:`features_for_entities` from rows already read (``by_view``:
+    view → key → row, for at least ``keys``), with the same checks and errors."""
+    if not keys:
+        return np.empty((0, model.n_features), dtype=np.float32)
+    columns: dict[str, np.ndarray] = {}
     for ref in model.feature_views:
         rows = by_view[ref.name]
         missing = [key for key in dict.fromkeys(keys) if rows.get(key) is None]

@@ -1,0 +1,124 @@
+"""Concurrent entity lookups share store reads (real SQLite and Redis stores)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from mlops.errors import StoreUnavailableError
+from mlops.features.online.base import OnlineRow
+from mlops.features.online.redis import RedisOnlineStore
+from mlops.features.online.sqlite import SqliteOnlineStore
+from mlops.serving.coalesce import CoalescingReader
+from tests.integration._registry import FEATURES, VIEW, write_features
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = os.environ.get("MLOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CARDS = {f"card_{i:03d}": [float(i), float(2 * i), float(i % 5)] for i in range(40)}
+
+
+class GatedStore(SqliteOnlineStore):
+    """The SQLite store, whose reads wait for a gate: lookups pile up behind one."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.batches: list[dict[str, list[str]]] = []
+
+    def read_many(
+        self, requests: Mapping[str, Sequence[str]]
+    ) -> dict[str, Mapping[str, OnlineRow | None]]:
+        self.batches.append({view: list(keys) for view, keys in requests.items()})
+        self.gate.wait(timeout=10)
+        return super().read_many(requests)
+
+
+def test_lookups_waiting_behind_a_read_go_out_together(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "online.db")
+    write_features(store, CARDS)
+    reader = CoalescingReader(store)
+    keys = [[f"card_{i:03d}", f"card_{(i + 1) % 40:03d}"] for i in range(20)]
+
+    async def run() -> list[dict[str, Mapping[str, OnlineRow | None]]]:
+        first = asyncio.create_task(reader.read({VIEW: keys[0]}))
+        await asyncio.sleep(0.05)  # the first read is in flight (held at the gate) ...
+        rest = [asyncio.create_task(reader.read({VIEW: k})) for k in keys[1:]]
+        await asyncio.sleep(0.05)  # ... and the 19 others wait behind it
+        store.gate.set()
+        return await asyncio.gather(first, *rest)
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        store.close()
+
+    assert reader.reads == len(store.batches) == 2
+    assert store.batches[0] == {VIEW: keys[0]}
+    assert sorted(store.batches[1][VIEW]) == sorted({k for pair in keys[1:] for k in pair})
+    for pair, answer in zip(keys, answers, strict=True):
+        for key in pair:
+            row = answer[VIEW][key]
+            assert row is not None
+            assert [row.values[f] for f in FEATURES] == CARDS[key]
+
+
+def test_max_keys_splits_the_waiting_lookups(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "online.db")
+    write_features(store, CARDS)
+    reader = CoalescingReader(store, max_keys=5)
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(reader.read({VIEW: [k, "card_000"]})) for k in CARDS]
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+    # 40 lookups of 2 keys (one repeated), 2 per read: 4 keys <= 5 < 6
+    assert len(store.batches) == 20
+    assert all(len(b[VIEW]) <= 5 for b in store.batches)
+
+
+def test_a_failed_shared_read_fails_every_waiting_lookup() -> None:
+    store = RedisOnlineStore("redis://127.0.0.1:1/0", socket_timeout_s=0.3)
+    reader = CoalescingReader(store)
+
+    async def run() -> list[BaseException | object]:
+        tasks = [asyncio.create_task(reader.read({VIEW: [f"k{i}"]})) for i in range(5)]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        store.close()
+    assert all(isinstance(r, StoreUnavailableError) for r in results)
+    assert 1 <= reader.reads <= 2
+
+
+def test_reads_from_redis_match_a_direct_read() -> None:
+    store = RedisOnlineStore(REDIS_URL, key_prefix=f"test-coalesce-{uuid.uuid4().hex}")
+    try:
+        write_features(store, CARDS)
+        reader = CoalescingReader(store)
+
+        async def run() -> list[dict[str, Mapping[str, OnlineRow | None]]]:
+            return await asyncio.gather(*(reader.read({VIEW: [k, "nope"]}) for k in CARDS))
+
+        answers = asyncio.run(run())
+        direct = store.read_many({VIEW: list(CARDS)})
+        for key, answer in zip(CARDS, answers, strict=True):
+            assert answer[VIEW][key] == direct[VIEW][key]
+            assert answer[VIEW]["nope"] is None
+    finally:
+        store.teardown(VIEW)
+        store.close()
