@@ -12,13 +12,18 @@ key prefix, and ``redis://127.0.0.1:1/0`` as the unreachable one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -680,3 +685,64 @@ def test_openapi_fuzz_finds_no_server_error(api_schema: schemathesis.BaseSchema)
                 )
 
         no_server_error()
+
+
+# --- a Redis server killed and restarted under the app -----------------------------------------
+
+
+@contextmanager
+def own_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server of the test's own on ``port`` (CI installs redis-server; see .ci/run)."""
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                break
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_redis_killed_then_restarted_under_the_app(tmp_path: Path, registry: Registry) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = RedisOnlineStoreSettings(url=f"redis://127.0.0.1:{port}/0", socket_timeout_s=0.5)
+    settings = make_settings(tmp_path, registry, online_store=config)
+
+    def fill() -> None:
+        store = build_online_store(config)
+        write_features(store, ENTITY_FEATURES)
+        store.close()
+
+    with own_redis(port) as server:
+        fill()
+        with TestClient(create_app(settings)) as client:
+            assert client.post("/predict", json={"entities": ["card_00001"]}).status_code == 200
+
+            server.kill()  # the same app, its server gone
+            server.wait(timeout=10)
+            down = client.post("/predict", json={"entities": ["card_00001"]})
+            assert down.status_code == 503 and "online store (redis)" in down.json()["detail"]
+            assert client.post("/predict", json={"rows": INLINE_ROWS}).status_code == 200
+
+            with own_redis(port):  # back (a fresh, empty server): the app reconnects
+                fill()
+                again = client.post("/predict", json={"entities": ["card_00001"]})
+                assert again.status_code == 200, again.text
