@@ -30,23 +30,18 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 def check_token(authorization: str | None, settings: Settings) -> None:
     """401/403 unless ``authorization`` (the header's value) is the bearer token."""
     scheme, _, token = (authorization or "").partition(" ")
-    credentials = (
-        HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip())
-        if scheme.lower() == "bearer" and token.strip()
-        else None
-    )
-    _check(credentials, settings)
+    _check(token.strip() if scheme.lower() == "bearer" else None, settings)
 
 
-def _check(credentials: HTTPAuthorizationCredentials | None, settings: Settings) -> None:
-    if credentials is None or not credentials.credentials:
+def _check(token: str | None, settings: Settings) -> None:
+    if not token:
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
             detail="this route needs a bearer token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
     expected = settings.serving.api_token.get_secret_value().encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+    if not hmac.compare_digest(token.encode(), expected):
         raise HTTPException(
             status_code=status.HTTP_403_FORBIDDEN, detail="the bearer token is not valid"
         )
@@ -54,7 +49,7 @@ def _check(credentials: HTTPAuthorizationCredentials | None, settings: Settings)
 
 async def require_token(request: Request, credentials: Credentials) -> None:
     """Dependency of management routes: a valid bearer token, always."""
-    _check(credentials, request.app.state.settings)
+    _check(credentials.credentials if credentials else None, request.app.state.settings)
 
 
 class BodyLimitMiddleware:
