@@ -14,7 +14,6 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 
 from app.metrics import ServingMetrics
-from mlops.features.online.base import OnlineStore
 from mlops.serving import LoadedModel
 from mlops.serving.coalesce import CoalescingReader
 from mlops.serving.reloader import ModelSlot, Reloader
@@ -34,7 +33,6 @@ class ServingState:
 
     settings: Settings
     slot: ModelSlot
-    store: OnlineStore
     metrics: ServingMetrics
     request_log: RequestLog
     entity_reader: CoalescingReader
@@ -57,12 +55,6 @@ async def get_model(request: Request) -> LoadedModel:
     return current_model(request.app.state.model_slot)
 
 
-async def get_online_store(request: Request) -> OnlineStore:
-    """The online store (opened lazily; an unreachable backend fails on read)."""
-    store: OnlineStore = request.app.state.online_store
-    return store
-
-
 async def get_metrics(request: Request) -> ServingMetrics:
     """The app's Prometheus metrics."""
     metrics: ServingMetrics = request.app.state.metrics
@@ -71,8 +63,8 @@ async def get_metrics(request: Request) -> ServingMetrics:
 
 async def get_request_log(request: Request) -> RequestLog:
     """Where predictions and feedback are logged (batched off the hot path)."""
-    log: RequestLog = request.app.state.request_log
-    return log
+    serving: ServingState = request.app.state.serving
+    return serving.request_log
 
 
 async def get_reloader(request: Request) -> Reloader:
@@ -83,7 +75,6 @@ async def get_reloader(request: Request) -> Reloader:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
-OnlineStoreDep = Annotated[OnlineStore, Depends(get_online_store)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
 RequestLogDep = Annotated[RequestLog, Depends(get_request_log)]
 ReloaderDep = Annotated[Reloader, Depends(get_reloader)]

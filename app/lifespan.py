@@ -37,7 +37,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Fill ``app.state`` (mlflow_client, online_store, request_log, reloader)."""
+    """Fill ``app.state`` (``serving``: what ``/predict`` uses; ``reloader``)."""
     settings: Settings = app.state.settings
     metrics: ServingMetrics = app.state.metrics
     slot: ModelSlot = app.state.model_slot
@@ -57,14 +57,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_loaded=metrics.model_loaded,
         on_refused=metrics.model_refused,
     )
-    app.state.mlflow_client = client
-    app.state.online_store = store
-    app.state.request_log = request_log
     app.state.reloader = reloader
     app.state.serving = ServingState(
         settings=settings,
         slot=slot,
-        store=store,
         metrics=metrics,
         request_log=request_log,
         entity_reader=CoalescingReader(store),

@@ -438,7 +438,7 @@ def test_each_prediction_is_logged_under_its_request_id(
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and ids[0] != ids[1]
     assert first.headers["X-Request-ID"] == ids[0]
 
-    log = client.app.state.request_log  # type: ignore[attr-defined]
+    log = client.app.state.serving.request_log  # type: ignore[attr-defined]
     assert log.flush(timeout_s=10)
     records = {r.request_id: r for r in log.predictions(ids)}
     assert set(records) == set(ids)
@@ -470,7 +470,7 @@ def test_feedback_needs_the_token_and_joins_the_log(tmp_path: Path, registry: Re
         assert bad.status_code == 422
         assert bad.json()["detail"][0]["loc"] == ["body", "feedback", 0, "request_id"]
 
-        log = client.app.state.request_log  # type: ignore[attr-defined]
+        log = client.app.state.serving.request_log  # type: ignore[attr-defined]
         assert log.flush(timeout_s=10)
         (pair,) = [p for p in log.labelled_predictions() if p[0].request_id == request_id]
         assert pair[1].index == 1 and pair[1].label == 1
@@ -504,7 +504,7 @@ def test_predictions_go_on_while_the_request_log_database_is_down(
     with TestClient(create_app(settings)) as client:
         for _ in range(5):
             assert client.post("/predict", json={"rows": INLINE_ROWS}).status_code == 200
-        log = client.app.state.request_log  # type: ignore[attr-defined]
+        log = client.app.state.serving.request_log  # type: ignore[attr-defined]
         log.flush(timeout_s=10)
         assert log.spool_records >= 5 and not log.database_ok
         text = client.get("/metrics").text
