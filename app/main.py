@@ -15,8 +15,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.routing import Route
 
+from app.fastpath import ServingApp
 from app.lifespan import lifespan
 from app.metrics import MetricsMiddleware, ServingMetrics
 from app.routes import inference, management
@@ -28,7 +28,7 @@ from mlops.settings import Settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app serving ``settings.serving.model_name@champion`` (settings from env if None)."""
-    app = FastAPI(
+    app = ServingApp(
         title="mlops serving",
         summary="Scores the champion ONNX model on online-store or inline features.",
         version="0.2.0",
@@ -41,15 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_slot = ModelSlot()
     app.include_router(inference.router)
     app.include_router(management.router)
-    # /predict is also mounted as a plain Starlette route, ahead of its FastAPI route:
-    # requests take the plain one (no per-request dependency solving: the endpoint reads
-    # and checks its body itself), the FastAPI route stays for the OpenAPI document.
-    app.router.routes.insert(
-        0, Route("/predict", inference.predict, methods=["POST"], include_in_schema=False)
-    )
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     # Outermost first: the body limit answers 413 before anything reads the body, and
-    # the metrics middleware counts every request, 413s included.
+    # the metrics middleware counts every request, 413s included. POST /predict does
+    # both itself, ahead of them (app.fastpath).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.serving.max_body_bytes)
     paths = frozenset(path for route in app.routes if (path := getattr(route, "path", None)))
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)

@@ -172,6 +172,23 @@ class ServingMetrics:
         self.registry.register(self._request_log)
         self._served: tuple[str, str] | None = None
         self._versions: dict[str, VersionMetrics] = {}
+        # Label children by their label values: prometheus_client's labels() takes a lock
+        # and builds a key on every call; a hot route has few distinct label sets.
+        self._http_children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+
+    def observe_request(
+        self, route: str, method: str, status: int, version: str, seconds: float
+    ) -> None:
+        """Count and time one HTTP request."""
+        key = (route, method, status, version)
+        children = self._http_children.get(key)
+        if children is None:
+            labels = (route, method, str(status), version)
+            children = (self.requests.labels(*labels), self.latency.labels(*labels))
+            if len(self._http_children) < _MAX_CACHED_LABEL_SETS:
+                self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def of_version(self, version: str) -> VersionMetrics:
         """The per-version children (cached: the hot path skips ``labels()``)."""
@@ -219,9 +236,6 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.paths = paths
-        # Label children by their label values: prometheus_client's labels() takes a lock
-        # and builds a key on every call; a hot route has few distinct label sets.
-        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,14 +262,6 @@ class MetricsMiddleware:
             path = getattr(route, "path", None) or (
                 scope["path"] if scope["path"] in self.paths else UNMATCHED
             )
-            labels = (path, scope["method"], str(status), version)
-            children = self._children.get(labels)
-            if children is None:
-                children = (
-                    self.metrics.requests.labels(*labels),
-                    self.metrics.latency.labels(*labels),
-                )
-                if len(self._children) < _MAX_CACHED_LABEL_SETS:
-                    self._children[labels] = children
-            children[0].inc()
-            children[1].observe(time.perf_counter() - started)
+            self.metrics.observe_request(
+                path, scope["method"], status, version, time.perf_counter() - started
+            )

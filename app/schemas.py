@@ -5,13 +5,50 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    FiniteFloat,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
 
 EntityKey = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+ROWS_FORMS = ("objects", "arrays")
+"""The tags of the two forms of inline rows; :func:`plain_loc` drops them from error locations."""
+
+
+def _rows_form(value: Any) -> str:
+    """Which form ``rows`` takes: arrays when its first row is an array, else objects."""
+    first = value[0] if isinstance(value, list) and value else None
+    return "arrays" if isinstance(first, list) else "objects"
+
+
+InlineRows = Annotated[
+    Annotated[list[dict[str, FiniteFloat]], Tag("objects")]
+    | Annotated[list[list[FiniteFloat]], Tag("arrays")],
+    Discriminator(_rows_form),
+]
+
+
+def plain_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """An error location of :class:`PredictRequest` without the form tag of 'rows'
+    (``("rows", "objects", 0, "amount")`` → ``("rows", 0, "amount")``)."""
+    if len(loc) >= 2 and loc[0] == "rows" and loc[1] in ROWS_FORMS:
+        return (loc[0], *loc[2:])
+    return loc
 
 
 class PredictRequest(BaseModel):
-    """Score entities by key (features from the online store), inline rows, or both."""
+    """Score entities by key (features from the online store), inline rows, or both.
+
+    Inline rows are objects keyed by feature name, or, with ``columns``, arrays of values
+    in that column order (the compact form for large batches).
+    """
 
     model_config = ConfigDict(
         extra="forbid",
@@ -19,6 +56,10 @@ class PredictRequest(BaseModel):
             "examples": [
                 {"entities": ["card_00001", "card_00042"]},
                 {"rows": [{"amount": 12.5, "amount_mean_24h": 30.1, "events_count_1h": 2}]},
+                {
+                    "columns": ["amount", "amount_mean_24h", "events_count_1h"],
+                    "rows": [[12.5, 30.1, 2], [80.0, 41.7, 5]],
+                },
             ]
         },
     )
@@ -29,17 +70,30 @@ class PredictRequest(BaseModel):
         "from the online store.",
         examples=[["card_00001", "card_00042"]],
     )
-    rows: list[dict[str, FiniteFloat]] | None = Field(
+    rows: InlineRows | None = Field(
         default=None,
-        description="Raw feature rows, each holding exactly the model's feature_names "
-        "(see GET /model). Scaling happens inside the model.",
+        description="Raw feature rows: objects holding exactly the model's feature_names "
+        "(see GET /model), or, with 'columns', arrays of values in that order. Scaling "
+        "happens inside the model.",
         examples=[[{"amount": 12.5, "amount_mean_24h": 30.1, "events_count_1h": 2}]],
+    )
+    columns: list[FeatureName] | None = Field(
+        default=None,
+        min_length=1,
+        description="With array rows: the feature each position holds; every one of the "
+        "model's feature_names once, in any order.",
+        examples=[["amount", "amount_mean_24h", "events_count_1h"]],
     )
 
     @model_validator(mode="after")
-    def _not_empty(self) -> PredictRequest:
+    def _consistent(self) -> PredictRequest:
         if not self.entities and not self.rows:
             raise ValueError("give at least one of 'entities' or 'rows', non-empty")
+        arrays = bool(self.rows) and isinstance(self.rows[0], list)  # type: ignore[index]
+        if arrays and self.columns is None:
+            raise ValueError("array 'rows' need 'columns' naming the feature of each position")
+        if self.columns is not None and not arrays:
+            raise ValueError("'columns' go with array 'rows' (one value per column)")
         return self
 
     @property

@@ -47,6 +47,11 @@ def _check(token: str | None, settings: Settings) -> None:
         )
 
 
+def too_large_detail(max_bytes: int) -> str:
+    """The message of a 413."""
+    return f"request body over {max_bytes:,} bytes (MLOPS_SERVING__MAX_BODY_BYTES)"
+
+
 async def require_token(request: Request, credentials: Credentials) -> None:
     """Dependency of management routes: a valid bearer token, always."""
     _check(credentials.credentials if credentials else None, request.app.state.settings)
@@ -92,7 +97,7 @@ class BodyLimitMiddleware:
 
     @property
     def _detail(self) -> str:
-        return f"request body over {self.max_bytes:,} bytes (MLOPS_SERVING__MAX_BODY_BYTES)"
+        return too_large_detail(self.max_bytes)
 
     async def _too_large(self, send: Send) -> None:
         body = json.dumps({"detail": self._detail}).encode()

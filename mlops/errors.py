@@ -6,7 +6,8 @@
     ├── ConfigurationError          settings that cannot work (placeholder secret, bad URL)
     ├── DataError                   input data that breaks a rule (names file, rule, column)
     │   └── SchemaError             a column is missing or has the wrong type
-    │       └── FeatureRowError     an inline feature row lacks or mistypes a feature
+    │       ├── FeatureRowError     an inline feature row lacks or mistypes a feature
+    │       └── FeatureColumnError  inline 'columns' that are not the model's features
     ├── FeatureViewError            a feature view definition is invalid
     ├── FeatureStoreError           the offline or online store failed
     │   ├── StoreUnavailableError   the backend's server cannot be reached
@@ -46,11 +47,27 @@ class FeatureRowError(SchemaError):
     """An inline feature row lacks a model feature or has one the model does not know.
 
     ``row`` is the row's index in the request, ``feature`` the offending name and
-    ``problem`` one of ``"missing"``, ``"unknown"``, ``"not finite"``.
+    ``problem`` one of ``"missing"``, ``"unknown"``, ``"not finite"``, ``"not a number"``,
+    or ``"wrong length"`` (an array row of another length than ``columns``; ``feature``
+    is None then).
     """
 
-    def __init__(self, *, row: int, feature: str, problem: str, message: str) -> None:
+    def __init__(self, *, row: int, feature: str | None, problem: str, message: str) -> None:
         self.row = row
+        self.feature = feature
+        self.problem = problem
+        super().__init__(message)
+
+
+class FeatureColumnError(SchemaError):
+    """The ``columns`` of array rows are not exactly the model's features.
+
+    ``column`` is the index in ``columns`` (None for a feature missing from them),
+    ``feature`` the name, ``problem`` one of ``"unknown"``, ``"repeated"``, ``"missing"``.
+    """
+
+    def __init__(self, *, column: int | None, feature: str, problem: str, message: str) -> None:
+        self.column = column
         self.feature = feature
         self.problem = problem
         super().__init__(message)

@@ -145,6 +145,57 @@ class ServingSettings(BaseModel):
     )
 
 
+class OrchestrationSettings(BaseModel):
+    """Work pools, the schedules' time zone and GPU concurrency (``prefect.yaml``,
+    ``mlops deploy``)."""
+
+    local_pool: str = Field(default="local", description="process work pool of CPU flows")
+    gpu_pool: str = Field(default="gpu", description="work pool of GPU training jobs")
+    gpus_per_pool: int = Field(
+        default=1,
+        ge=1,
+        description="global concurrency limit gpu:<pool>: trainings at once on a GPU pool",
+    )
+    timezone: str = Field(default="UTC", description="time zone of the cron schedules")
+
+
+class MonitoringSettings(BaseModel):
+    """Defaults of the monitor flow: its window and the thresholds that emit events."""
+
+    window_hours: float = Field(default=24.0, gt=0, description="request-log window read")
+    drift_share_threshold: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="share of drifted features at or above which drift-detected is emitted",
+    )
+    min_live_accuracy: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="live accuracy (from feedback) below which performance-degraded is emitted",
+    )
+    min_rows: int = Field(default=200, ge=1, description="fewest logged rows to judge drift")
+    reference_rows: int = Field(
+        default=5_000,
+        ge=100,
+        description="training rows saved with each model version as the drift reference",
+    )
+
+
+class TrainingSettings(BaseModel):
+    """How training uses the hardware it lands on."""
+
+    gpu_pool: str | None = Field(
+        default=None,
+        description="set by the GPU pools' job templates: training then holds the global "
+        "concurrency limit gpu:<pool> while it runs",
+    )
+    mixed_precision: bool = Field(
+        default=True, description="automatic mixed precision when training on CUDA"
+    )
+
+
 class Settings(BaseSettings):
     """The platform's settings root (env prefix ``MLOPS_``, nested delimiter ``__``)."""
 
@@ -167,6 +218,9 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     datasets: DatasetSettings = DatasetSettings()
     features: FeatureSettings = FeatureSettings()
+    orchestration: OrchestrationSettings = OrchestrationSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    training: TrainingSettings = TrainingSettings()
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:

@@ -1,11 +1,13 @@
 """Serving: load the champion ONNX model from the registry, check it, and predict.
 
 The FastAPI app (``app/``) holds one :class:`LoadedModel` at a time and builds feature
-matrices with :func:`rows_to_matrix` (inline rows) or :func:`features_for_entities`
+matrices with :func:`rows_to_matrix` (inline rows), :func:`table_to_matrix` (inline
+array rows under ``columns``) or :func:`features_for_entities`
 (the online store).
 """
 
 from mlops.serving.runtime import (
+    FeatureColumnError,
     FeatureRowError,
     IncompleteFeaturesError,
     LoadedModel,
@@ -13,9 +15,11 @@ from mlops.serving.runtime import (
     features_for_entities,
     load_model,
     rows_to_matrix,
+    table_to_matrix,
 )
 
 __all__ = [
+    "FeatureColumnError",
     "FeatureRowError",
     "IncompleteFeaturesError",
     "LoadedModel",
@@ -23,4 +27,5 @@ __all__ = [
     "features_for_entities",
     "load_model",
     "rows_to_matrix",
+    "table_to_matrix",
 ]

@@ -34,11 +34,15 @@
 
 Inputs and outputs are stored as JSON (JSONB on Postgres); a value JSON cannot hold is
 converted, never dropped: NaN and infinities become ``null``, numpy values plain numbers
-and lists, any other object its ``str``. Times are stored and returned as UTC.
+and lists, any other object its ``str``. ``features`` (revision 0002) holds the matrix the
+model scored as float32 bytes (see :attr:`PredictionRecord.features`): entity lookups'
+features too, which the inputs (entity keys) do not carry. Times are stored and
+returned as UTC.
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import logging
 import numbers
@@ -53,6 +57,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 import sqlalchemy as sa
 from alembic import command
@@ -91,6 +96,7 @@ prediction_log = sa.Table(
     sa.Column("outputs", _JSON, nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("n_rows", sa.Integer, nullable=False),
+    sa.Column("features", sa.LargeBinary, nullable=True),
     sa.Index("ix_prediction_log_model", "model_name", "model_version"),
 )
 
@@ -123,6 +129,25 @@ class PredictionRecord:
     route: str = "/predict"
     n_rows: int | None = None
     """Rows scored; ``len(outputs)`` when None (give it when ``outputs`` is JSON text)."""
+    features: bytes | None = None
+    """The matrix the model scored: float32 little-endian, row-major ``[n_rows,
+    n_features]``, columns in the model version's ``feature_names`` order (entity
+    lookups included: what monitoring compares with the training data)."""
+
+    def feature_matrix(self, n_features: int) -> np.ndarray | None:
+        """``features`` as a float32 ``[n_rows, n_features]`` array (None when not logged).
+
+        Raises ``ValueError`` when the bytes do not hold whole rows of ``n_features``.
+        """
+        if self.features is None:
+            return None
+        flat = np.frombuffer(self.features, dtype="<f4")
+        if n_features <= 0 or flat.size % n_features:
+            raise ValueError(
+                f"request {self.request_id}: {flat.size} logged feature values are not rows "
+                f"of {n_features} features"
+            )
+        return flat.reshape(-1, n_features)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +160,9 @@ class FeedbackRecord:
     received_at: datetime
 
 
-def upgrade_schema(engine: sa.Engine) -> None:
-    """Bring the request log's tables to the newest revision (a no-op when they are).
+def upgrade_schema(engine: sa.Engine, revision: str = "head") -> None:
+    """Bring the request log's tables to ``revision``, by default the newest (a no-op
+    when they are there).
 
     Runs in one transaction; on Postgres an advisory lock makes concurrent processes
     (several app workers) wait for each other instead of racing to create the tables.
@@ -147,7 +173,7 @@ def upgrade_schema(engine: sa.Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
 
 
 # --- rows: what the writer inserts and spools -----------------------------------------
@@ -197,6 +223,7 @@ def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
         "outputs": _json_column(record.outputs),
         "latency_ms": float(record.latency_ms),
         "n_rows": int(record.n_rows) if record.n_rows is not None else len(record.outputs),
+        "features": None if record.features is None else bytes(record.features),
     }
 
 
@@ -237,6 +264,8 @@ class _Rows:
         for kind, rows in (("prediction", self.predictions), ("feedback", self.feedback)):
             for row in rows:
                 line = {"kind": kind, **row, "received_at": row["received_at"].isoformat()}
+                if kind == "prediction" and row["features"] is not None:
+                    line["features"] = base64.b64encode(row["features"]).decode("ascii")
                 out.append(orjson.dumps(line) + b"\n")
         return out
 
@@ -249,10 +278,14 @@ class _Rows:
             try:
                 row = orjson.loads(line)
                 kind = row.pop("kind")
+                if kind == "prediction":  # spooled before revision 0002: no features
+                    features = row.setdefault("features", None)
+                    if features is not None:
+                        row["features"] = base64.b64decode(features, validate=True)
                 if row.keys() != _COLUMNS[kind]:
                     raise KeyError(kind)
                 row["received_at"] = datetime.fromisoformat(row["received_at"])
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (ValueError, KeyError, TypeError, AttributeError):  # binascii.Error too
                 bad += 1
                 continue
             targets[kind].append(row)
@@ -283,7 +316,7 @@ def _idempotent_inserts(dialect: str) -> tuple[Callable[[int], str], sa.Executab
 
 
 _PREDICTION_COLUMNS = tuple(prediction_log.c.keys())
-_ROWS_PER_STATEMENT = 1_000  # x 9 parameters: within SQLite's and Postgres' limits
+_ROWS_PER_STATEMENT = 1_000  # x 10 parameters: within SQLite's and Postgres' limits
 
 
 @lru_cache(maxsize=64)
@@ -948,6 +981,8 @@ def _prediction(row: sa.Row[Any]) -> PredictionRecord:
         outputs=row.outputs,
         latency_ms=row.latency_ms,
         route=row.route,
+        n_rows=row.n_rows,
+        features=None if row.features is None else bytes(row.features),
     )
 
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from mlflow.exceptions import MlflowException
 
 from mlops.errors import (
     EntityNotFoundError,
+    FeatureColumnError,
     FeatureRowError,
     FeatureStoreError,
     IncompleteFeaturesError,
@@ -310,30 +312,141 @@ def _check_signature(
     }
 
 
-def rows_to_matrix(rows: Sequence[Mapping[str, float]], feature_names: Sequence[str]) -> np.ndarray:
+def rows_to_matrix(rows: Sequence[Mapping[str, Any]], feature_names: Sequence[str]) -> np.ndarray:
     """Inline feature rows → float32 matrix [N, F] with columns in ``feature_names`` order.
 
     Every row must hold exactly the model's features, each a finite number (also once
     cast to float32). Raises :class:`FeatureRowError` naming the row and the feature.
-    The common case (every row well formed) is checked in bulk; the row-by-row walk that
-    names the culprit runs only when that check fails.
+    The common case (every row well formed) is checked in bulk
+    (:func:`bulk_rows_matrix`); the row-by-row walk that names the culprit runs only
+    when that check fails.
     """
-    names = list(feature_names)
+    matrix = bulk_rows_matrix(rows, feature_names)
+    if matrix is not None:
+        return matrix
+    return _rows_to_matrix_checked(rows, list(feature_names))
+
+
+def bulk_rows_matrix(rows: Sequence[Any], feature_names: Sequence[str]) -> np.ndarray | None:
+    """The float32 matrix of object rows when every row is a dict of exactly
+    ``feature_names`` holding JSON numbers (int, float, bool) finite as float32; None
+    otherwise, without saying why (:func:`rows_to_matrix` names the culprit).
+
+    Safe on rows straight from a JSON parser: a string, list or null value makes it
+    answer None rather than convert it.
+    """
+    names = tuple(feature_names)
+    if not rows:
+        return np.empty((0, len(names)), dtype=np.float32)
     known = frozenset(names)
-    if all(row.keys() == known for row in rows):
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):
-                matrix = np.array([[row[f] for f in names] for row in rows], dtype=np.float32)
-        except (TypeError, ValueError):
-            pass  # a value that is not a number: the walk below names it
-        else:
-            matrix = matrix.reshape(len(rows), len(names))
-            if bool(np.isfinite(matrix).all()):
-                return matrix
-    return _rows_to_matrix_checked(rows, names)
+    if not all(type(row) is dict and row.keys() == known for row in rows):
+        return None
+    if len(names) == 1:
+        (only,) = names
+        values: Any = [[row[only]] for row in rows]
+    else:
+        values = list(map(itemgetter(*names), rows))  # tuples, built in C
+    return _numeric_matrix(values, len(names))
 
 
-def _rows_to_matrix_checked(rows: Sequence[Mapping[str, float]], names: list[str]) -> np.ndarray:
+def table_to_matrix(
+    rows: Sequence[Sequence[Any]], columns: Sequence[str], feature_names: Sequence[str]
+) -> np.ndarray:
+    """Array rows whose values follow ``columns`` → float32 matrix [N, F] in
+    ``feature_names`` order (the compact form of inline rows, as a table).
+
+    ``columns`` must name each model feature once, in any order
+    (:class:`FeatureColumnError` otherwise); each row must have ``len(columns)`` finite
+    numbers (:class:`FeatureRowError` naming the row and the column otherwise).
+    """
+    order = column_order(columns, feature_names)
+    matrix = bulk_table_matrix(rows, len(columns))
+    if matrix is None:
+        matrix = _table_checked(rows, list(columns))
+    return matrix if order is None else matrix[:, order]
+
+
+def column_order(columns: Sequence[str], feature_names: Sequence[str]) -> list[int] | None:
+    """The indices that put ``columns`` in ``feature_names`` order (None when they already
+    are); raises :class:`FeatureColumnError` unless ``columns`` names each feature once."""
+    names = list(feature_names)
+    if list(columns) == names:
+        return None
+    position: dict[str, int] = {}
+    for j, column in enumerate(columns):
+        if column not in names:
+            raise FeatureColumnError(
+                column=j,
+                feature=column,
+                problem="unknown",
+                message=f"columns[{j}]: unknown feature {column!r}; the model takes "
+                f"{', '.join(names)}",
+            )
+        if column in position:
+            raise FeatureColumnError(
+                column=j,
+                feature=column,
+                problem="repeated",
+                message=f"columns[{j}]: feature {column!r} is already columns[{position[column]}]",
+            )
+        position[column] = j
+    for feature in names:
+        if feature not in position:
+            raise FeatureColumnError(
+                column=None,
+                feature=feature,
+                problem="missing",
+                message=f"columns: missing feature {feature!r}; the model takes {', '.join(names)}",
+            )
+    return [position[feature] for feature in names]
+
+
+def bulk_table_matrix(rows: Sequence[Any], width: int) -> np.ndarray | None:
+    """The float32 matrix of array rows when every row is a list of ``width`` JSON
+    numbers finite as float32; None otherwise (:func:`table_to_matrix` names why)."""
+    if not rows:
+        return np.empty((0, width), dtype=np.float32)
+    if not all(type(row) is list and len(row) == width for row in rows):
+        return None
+    return _numeric_matrix(rows, width)
+
+
+def _numeric_matrix(values: Any, width: int) -> np.ndarray | None:
+    """``values`` (equal-length sequences) as float32 when all are numbers finite as
+    float32, else None. Numbers only: numpy would also convert strings such as "1e3"."""
+    try:
+        array = np.array(values)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if array.ndim != 2 or array.shape[1] != width or array.dtype.kind not in "biuf":
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        matrix = array.astype(np.float32)
+    return matrix if bool(np.isfinite(matrix).all()) else None
+
+
+def _number(value: Any, *, row: int, feature: str) -> float:
+    """``value`` as a float finite in float32, else :class:`FeatureRowError`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FeatureRowError(
+            row=row,
+            feature=feature,
+            problem="not a number",
+            message=f"rows[{row}]: feature {feature!r} = {value!r} is not a number",
+        ) from None
+    if not (math.isfinite(number) and abs(number) <= _FLOAT32_MAX):
+        raise FeatureRowError(
+            row=row,
+            feature=feature,
+            problem="not finite",
+            message=f"rows[{row}]: feature {feature!r} = {value!r} is not a finite float32",
+        )
+    return number
+
+
+def _rows_to_matrix_checked(rows: Sequence[Mapping[str, Any]], names: list[str]) -> np.ndarray:
     known = set(names)
     matrix = np.empty((len(rows), len(names)), dtype=np.float32)
     for i, row in enumerate(rows):
@@ -354,16 +467,22 @@ def _rows_to_matrix_checked(rows: Sequence[Mapping[str, float]], names: list[str
                     problem="missing",
                     message=f"rows[{i}]: missing feature {feature!r}",
                 )
-            value = float(row[feature])
-            if not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
-                raise FeatureRowError(
-                    row=i,
-                    feature=feature,
-                    problem="not finite",
-                    message=f"rows[{i}]: feature {feature!r} = {row[feature]!r} is not a "
-                    "finite float32",
-                )
-            matrix[i, j] = value
+            matrix[i, j] = _number(row[feature], row=i, feature=feature)
+    return matrix
+
+
+def _table_checked(rows: Sequence[Sequence[Any]], columns: list[str]) -> np.ndarray:
+    matrix = np.empty((len(rows), len(columns)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise FeatureRowError(
+                row=i,
+                feature=None,
+                problem="wrong length",
+                message=f"rows[{i}]: {len(row)} values for {len(columns)} columns",
+            )
+        for j, column in enumerate(columns):
+            matrix[i, j] = _number(row[j], row=i, feature=column)
     return matrix
 
 

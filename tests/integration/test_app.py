@@ -231,6 +231,123 @@ def test_predict_inline_rows(client: TestClient, registry: Registry) -> None:
     np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, rtol=1e-6)
 
 
+def test_predict_array_rows_under_columns(client: TestClient, registry: Registry) -> None:
+    # The compact form: arrays of values, 'columns' naming each position (any order).
+    columns = list(reversed(FEATURES))
+    rows = [[row[f] for f in columns] for row in INLINE_ROWS]
+    response = client.post("/predict", json={"columns": columns, "rows": rows})
+    assert response.status_code == 200, response.text
+    expected = registry.expected([[row[f] for f in FEATURES] for row in INLINE_ROWS])
+    predictions = response.json()["predictions"]
+    assert [(p["entity"], p["index"]) for p in predictions] == [(None, 0), (None, 1)]
+    np.testing.assert_allclose([p["probabilities"] for p in predictions], expected, rtol=1e-6)
+
+    both = client.post(
+        "/predict", json={"entities": ["card_00003"], "columns": columns, "rows": rows[:1]}
+    )
+    assert both.status_code == 200, both.text
+    assert [p["entity"] for p in both.json()["predictions"]] == ["card_00003", None]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "says"),
+    [
+        (
+            {"columns": ["amount", "amount_mean_24h", "merchant"], "rows": [[1, 2, 3]]},
+            ["body", "columns", 2],
+            "unknown feature 'merchant'",
+        ),
+        (
+            {"columns": [*FEATURES, "amount"], "rows": [[1, 2, 3, 4]]},
+            ["body", "columns", 3],
+            "already columns[0]",
+        ),
+        (
+            {"columns": FEATURES[:2], "rows": [[1, 2]]},
+            ["body", "columns"],
+            "missing feature 'events_count_1h'",
+        ),
+        (
+            {"columns": FEATURES, "rows": [[1, 2, 3], [1, 2]]},
+            ["body", "rows", 1],
+            "2 values for 3 columns",
+        ),
+        (
+            {"columns": FEATURES, "rows": [[1, 2, 3], [1, "lots", 3]]},
+            ["body", "rows", 1, 1],
+            "valid number",
+        ),
+        (
+            {"columns": FEATURES, "rows": [[1, 2, 1e39]]},
+            ["body", "rows", 0, 2],
+            "not a finite float32",
+        ),
+        ({"rows": [[1, 2, 3]]}, ["body"], "need 'columns'"),
+        ({"columns": FEATURES, "rows": INLINE_ROWS}, ["body"], "'columns' go with array"),
+        ({"columns": FEATURES, "entities": ["card_00001"]}, ["body"], "'columns' go with"),
+    ],
+)
+def test_array_rows_errors_are_422_naming_the_place(
+    client: TestClient, body: dict[str, object], loc: list[object], says: str
+) -> None:
+    response = client.post("/predict", json=body)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == loc
+    assert says in error["msg"]
+
+
+def test_json_numbers_of_any_kind_and_numeric_text_score_alike(client: TestClient) -> None:
+    # ints, bools and numeric strings (which the schema takes) give what the floats give,
+    # whether the body takes the bulk path (numbers) or the validated one (text).
+    def probabilities(body: dict[str, object]) -> list[list[float]]:
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200, response.text
+        return [p["probabilities"] for p in response.json()["predictions"]]
+
+    floats = {"amount": 3.0, "amount_mean_24h": 1.0, "events_count_1h": 0.0}
+    expected = probabilities({"rows": [floats]})
+    for row in (
+        {"amount": 3, "amount_mean_24h": True, "events_count_1h": False},
+        {"amount": "3.0", "amount_mean_24h": 1, "events_count_1h": "0"},
+    ):
+        assert probabilities({"rows": [row]}) == expected
+    assert probabilities({"columns": FEATURES, "rows": [[3, True, 0]]}) == expected
+
+
+def test_predict_under_a_root_path_takes_the_router_and_answers_alike(
+    settings: Settings, registry: Registry
+) -> None:
+    # Behind a proxy that strips a prefix, the path is not "/predict": the request goes
+    # through FastAPI's router and the middlewares instead of ServingApp's direct path.
+    with TestClient(create_app(settings), root_path="/api") as client:
+        direct = client.post("/predict", json={"rows": INLINE_ROWS})
+        routed = client.post("/api/predict", json={"rows": INLINE_ROWS})
+        metrics = client.get("/metrics").text
+    assert direct.status_code == routed.status_code == 200, routed.text
+    assert routed.headers["X-Model-Version"] == registry.version
+    assert routed.headers["X-Request-ID"] == routed.json()["request_id"]
+    assert [p["probabilities"] for p in routed.json()["predictions"]] == [
+        p["probabilities"] for p in direct.json()["predictions"]
+    ]
+    line = (
+        f'mlops_http_requests_total{{method="POST",model_version="{registry.version}",'
+        'route="/predict",status="200"}'
+    )
+    assert f"{line} 2.0" in metrics
+
+
+def test_request_ids_are_unique_and_time_ordered(client: TestClient) -> None:
+    ids = [
+        client.post("/predict", json={"rows": INLINE_ROWS}).json()["request_id"] for _ in range(20)
+    ]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # The first 12 hex digits are the milliseconds since the epoch.
+    assert abs(int(ids[-1][:12], 16) / 1000 - time.time()) < 60
+
+
 def test_predict_entities_then_rows(client: TestClient, registry: Registry) -> None:
     response = client.post("/predict", json={"entities": ["card_00003"], "rows": INLINE_ROWS[:1]})
     assert response.status_code == 200, response.text
@@ -450,6 +567,14 @@ def test_each_prediction_is_logged_under_its_request_id(
         p["probabilities"] for p in first.json()["predictions"]
     ]
     assert one.latency_ms > 0 and one.received_at.tzinfo is not None
+    # The matrix the model scored, entity lookups included, in feature_names order.
+    np.testing.assert_array_equal(
+        one.feature_matrix(len(FEATURES)),
+        np.array(
+            [ENTITY_FEATURES["card_00001"], [INLINE_ROWS[0][f] for f in FEATURES]],
+            dtype=np.float32,
+        ),
+    )
 
 
 def test_feedback_needs_the_token_and_joins_the_log(tmp_path: Path, registry: Registry) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import sqlalchemy as sa
 
@@ -49,6 +50,8 @@ def prediction(i: int = 0, **overrides: Any) -> PredictionRecord:
         "inputs": {"rows": [{"amount": 12.5 + i, "merchant": "m-7", "ok": True, "n": None}]},
         "outputs": [{"label": i % 2, "probabilities": [0.75 - i / 1000, 0.25 + i / 1000]}],
         "latency_ms": 1.234567 + i,
+        "n_rows": 1,
+        "features": np.array([[12.5 + i, -1.0, 3e38]], dtype="<f4").tobytes(),
     }
     return PredictionRecord(**(values | overrides))
 
@@ -166,7 +169,9 @@ def test_feedback_is_upserted_and_joined_to_its_predictions(
 ) -> None:
     log = open_log(db_url)
     one, two, unlabelled = prediction(0), prediction(1), prediction(2)
-    two = PredictionRecord(**{**_fields(two), "outputs": two.outputs * 2})  # a two-row request
+    two = PredictionRecord(
+        **{**_fields(two), "outputs": two.outputs * 2, "n_rows": 2}
+    )  # a two-row request
     for record in (one, two, unlabelled):
         log.log_prediction(record)
     later = T0 + timedelta(hours=1)
@@ -221,7 +226,7 @@ def test_migrations_run_once_with_their_own_version_table(
         first.log_prediction(record)
         assert first.flush()
         first.close()
-        assert sum("Running upgrade" in r.getMessage() for r in caplog.records) == 1
+        assert sum("Running upgrade" in r.getMessage() for r in caplog.records) == 2
         caplog.clear()
 
         second = open_log(db_url)  # same URL: the schema is there, nothing runs
@@ -237,13 +242,69 @@ def test_migrations_run_once_with_their_own_version_table(
         assert {"ix_prediction_log_received_at", "ix_prediction_log_model"} <= indexes
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0001",)
+                ("0002",)
             ]
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
                 ("mlflow_head",)
             ]
     finally:
         engine.dispose()
+
+
+def test_features_round_trip_and_rows_from_before_revision_0002_stay(
+    db_url: str, open_log: Callable[..., RequestLog]
+) -> None:
+    engine = create_engine(db_url)
+    try:
+        upgrade_schema(engine, "0001")  # a log written before the features column
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO prediction_log (request_id, received_at, model_name, "
+                    "model_version, route, inputs, outputs, latency_ms, n_rows) VALUES "
+                    "('old', :t, 'fraud_detector', '1', '/predict', '{}', '[]', 1.0, 1)"
+                ),
+                {"t": T0},
+            )
+    finally:
+        engine.dispose()
+
+    log = open_log(db_url)  # upgrades to 0002
+    record = prediction(features=np.arange(6, dtype="<f4").tobytes(), n_rows=2)
+    log.log_prediction(record)
+    assert log.flush()
+    old, new = log.predictions(["old", record.request_id])
+    assert old.features is None and old.feature_matrix(3) is None
+    assert new == record
+    np.testing.assert_array_equal(new.feature_matrix(3), [[0, 1, 2], [3, 4, 5]])
+    with pytest.raises(ValueError, match="6 logged feature values are not rows of 4"):
+        new.feature_matrix(4)
+
+
+def test_spooled_features_survive_and_old_spool_lines_still_replay(
+    pg_proxy: tuple[TcpProxy, str], open_log: Callable[..., RequestLog], tmp_path: Path
+) -> None:
+    proxy, url = pg_proxy
+    proxy.stop()
+    first = open_log(url)
+    with_features = prediction(0)
+    first.log_prediction(with_features)
+    first.close()
+    (segment,) = spool_files(tmp_path)
+    # A line spooled by a version without the features column (no "features" key).
+    legacy = prediction(1, features=None)
+    line = orjson.loads(segment.read_bytes().splitlines()[0])
+    line.update(request_id=legacy.request_id, received_at=legacy.received_at.isoformat())
+    del line["features"]
+    with segment.open("ab") as out:
+        out.write(orjson.dumps(line) + b"\n")
+
+    proxy.start()
+    second = open_log(url)
+    wait_until(lambda: second.written == 2 and second.spool_records == 0)
+    got = second.predictions([with_features.request_id, legacy.request_id])
+    assert got[0] == with_features
+    assert got[1].features is None and got[1].inputs == with_features.inputs
 
 
 # --- the database going away -------------------------------------------------------------

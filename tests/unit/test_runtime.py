@@ -28,13 +28,16 @@ from mlops.errors import (
 )
 from mlops.features.online import OnlineStore, build_online_store
 from mlops.serving import (
+    FeatureColumnError,
     FeatureRowError,
     IncompleteFeaturesError,
     LoadedModel,
     ViewRef,
     features_for_entities,
     rows_to_matrix,
+    table_to_matrix,
 )
+from mlops.serving.runtime import bulk_rows_matrix, bulk_table_matrix, column_order
 from mlops.settings import SqliteOnlineStoreSettings
 
 FEATURES = ("a", "b", "c")
@@ -140,6 +143,73 @@ def test_rows_to_matrix_names_row_and_feature(
     assert (caught.value.row, caught.value.feature, caught.value.problem) == (1, feature, problem)
     assert "rows[1]" in str(caught.value) and repr(feature) in str(caught.value)
     assert isinstance(caught.value, SchemaError)
+
+
+@pytest.mark.parametrize("value", ["1.5", None, [1.0], {"x": 1.0}, 10**40, float("nan")], ids=repr)
+def test_bulk_matrices_answer_none_unless_every_value_is_a_finite_number(value: object) -> None:
+    # Straight from a JSON parser: numpy would turn "1.5" into 1.5; the bulk path must not.
+    rows = [{"a": 0.0, "b": 0.0, "c": 0.0}, {"a": 1.0, "b": value, "c": 3.0}]
+    assert bulk_rows_matrix(rows, FEATURES) is None
+    assert bulk_table_matrix([[0.0, 0.0, 0.0], [1.0, value, 3.0]], 3) is None
+
+
+def test_bulk_matrices_take_ints_and_bools_as_json_numbers() -> None:
+    rows = [{"a": 1, "b": True, "c": 2.5}, {"a": -3, "b": False, "c": 0}]
+    expected = np.array([[1, 1, 2.5], [-3, 0, 0]], np.float32)
+    np.testing.assert_array_equal(bulk_rows_matrix(rows, FEATURES), expected)
+    np.testing.assert_array_equal(bulk_table_matrix([[1, True, 2.5], [-3, False, 0]], 3), expected)
+    # A row of another shape, or a row that is not a list/dict, is not taken in bulk.
+    assert bulk_table_matrix([[1.0, 2.0, 3.0], [1.0, 2.0]], 3) is None
+    assert bulk_rows_matrix([{"a": 1.0, "b": 2.0}], FEATURES) is None
+    assert bulk_rows_matrix([[1.0, 2.0, 3.0]], FEATURES) is None
+    assert bulk_rows_matrix([{"a": 1}], ["a"]) is not None  # one feature: no tuples
+
+
+def test_table_to_matrix_reorders_columns_into_feature_order() -> None:
+    matrix = table_to_matrix([[3.0, 1.0, 2.0], [0.0, 1e30, -1.0]], ["c", "a", "b"], FEATURES)
+    assert matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix, np.array([[1, 2, 3], [1e30, -1, 0]], np.float32))
+    assert column_order(FEATURES, FEATURES) is None
+    # Values the bulk path does not take go through the checked walk.
+    np.testing.assert_array_equal(
+        table_to_matrix([["1.5", 2, 3]], FEATURES, FEATURES), [[1.5, 2, 3]]
+    )
+
+
+@pytest.mark.parametrize(
+    ("columns", "column", "feature", "problem"),
+    [
+        (["a", "b", "d"], 2, "d", "unknown"),
+        (["a", "b", "a", "c"], 2, "a", "repeated"),
+        (["a", "c"], None, "b", "missing"),
+    ],
+)
+def test_column_order_names_the_column(
+    columns: list[str], column: int | None, feature: str, problem: str
+) -> None:
+    with pytest.raises(FeatureColumnError) as caught:
+        column_order(columns, FEATURES)
+    assert (caught.value.column, caught.value.feature, caught.value.problem) == (
+        column,
+        feature,
+        problem,
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "feature", "problem"),
+    [
+        ([1.0, 2.0], None, "wrong length"),
+        ([1.0, "lots", 3.0], "b", "not a number"),
+        ([1.0, 2.0, math.inf], "c", "not finite"),
+    ],
+)
+def test_table_to_matrix_names_row_and_column(
+    row: list[object], feature: str | None, problem: str
+) -> None:
+    with pytest.raises(FeatureRowError) as caught:
+        table_to_matrix([[0.0, 0.0, 0.0], row], FEATURES, FEATURES)
+    assert (caught.value.row, caught.value.feature, caught.value.problem) == (1, feature, problem)
 
 
 def test_predict_matches_the_formula_and_checks_shape() -> None:
