@@ -19,7 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from app.fastpath import ServingApp
 from app.lifespan import lifespan
 from app.metrics import MetricsMiddleware, ServingMetrics
-from app.routes import inference, management
+from app.routes import inference, management, platform
 from app.schemas import PredictRequest
 from app.security import BodyLimitMiddleware
 from mlops.serving.reloader import ModelSlot
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_slot = ModelSlot()
     app.include_router(inference.router)
     app.include_router(management.router)
+    app.include_router(platform.router)
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     # Outermost first: the body limit answers 413 before anything reads the body, and
     # the metrics middleware counts every request, 413s included. POST /predict does

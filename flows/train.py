@@ -16,10 +16,11 @@ from mlops.features.window import align
 from mlops.registry import Tags, configure_mlflow, finish_run, git_sha, mlflow_client
 from mlops.settings import Settings
 from mlops.specs import get_spec
+from mlops.training.device import plan_training
 from mlops.training.model import TrainConfig
 from tasks.training.build_training_set import build_training_set, load_labels
 from tasks.training.export_onnx import export_and_check
-from tasks.training.fit import fit_model
+from tasks.training.fit import fit_model, gpu_slot
 from tasks.training.register import register_model
 from tasks.training.score_holdout import score_holdout
 from tasks.training.split import split_by_time
@@ -38,12 +39,19 @@ def train(
     device: str = "auto",
     seed: int = 0,
     labels_dataset: str | None = None,
+    gpus: int = 1,
 ) -> dict[str, Any]:
     """Train ``model_name`` on labels in [start, end) (default: all materialized data),
     register the ONNX model as a new version and alias it ``challenger``.
 
     ``labels_dataset`` (``name`` or ``name@version``) takes the label rows from a
-    registered dataset instead of the spec's label table."""
+    registered dataset instead of the spec's label table.
+
+    ``device="auto"`` trains on CUDA when present (with mixed precision unless
+    ``MLOPS_TRAINING__MIXED_PRECISION=false``); ``gpus`` > 1 trains data-parallel on that
+    many GPUs (or CPU processes with ``device="cpu"``) through torchrun. On a GPU work
+    pool (``MLOPS_TRAINING__GPU_POOL``) the fit holds one slot per GPU it trains on of
+    the global concurrency limit ``gpu:<pool>``."""
     logger = get_run_logger()
     settings = Settings()
     spec = get_spec(model_name, settings)
@@ -54,7 +62,10 @@ def train(
         learning_rate=learning_rate,
         device=device,
         seed=seed,
+        mixed_precision=settings.training.mixed_precision,
+        gpus=gpus,
     )
+    plan = plan_training(cfg.device, cfg.gpus, cfg.mixed_precision)
     experiment_id = configure_mlflow(settings)
     client = mlflow_client(settings)
     lo, hi = align(start, end)
@@ -64,9 +75,10 @@ def train(
     splits = split_by_time(spec, training_set)
     ts = training_set[spec.timestamp]
     data_window = f"{ts.min().isoformat()}/{ts.max().isoformat()}"
-    run_id = start_run(client, experiment_id, spec, cfg, splits, data_window)
+    run_id = start_run(client, experiment_id, spec, cfg, splits, data_window, plan)
     with finish_run(client, run_id):
-        model, history = fit_model(client, run_id, spec, cfg, splits)
+        with gpu_slot(settings.training.gpu_pool, plan.gpu_slots):
+            model, history = fit_model(client, run_id, spec, cfg, splits, plan)
         metrics = score_holdout(client, run_id, model, history, splits)
         proto, parity = export_and_check(client, run_id, model, splits)
         version = register_model(

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
 from mlflow import MlflowClient
@@ -131,3 +132,11 @@ def finish_run(client: MlflowClient, run_id: str) -> Iterator[None]:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def model_version_url(tracking_uri: str, name: str, version: str) -> str | None:
+    """The MLflow UI page of ``name`` version ``version``, when the tracking URI is an
+    MLflow server (None for a file or database URI: there is no UI to link to)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/models/{quote(name)}/versions/{quote(str(version))}"

@@ -23,6 +23,15 @@ class Tags:
     GATE_CHAMPION_ROC_AUC = "gate.champion_roc_auc"
     GATE_MIN_ROC_AUC = "gate.min_roc_auc"
     GATE_MAX_REGRESSION = "gate.max_regression"
+    # walk-forward evaluation (gate.roc_auc and gate.champion_roc_auc are then the means)
+    GATE_FOLDS = "gate.folds"  # number of time folds
+    GATE_FOLD_ROC_AUC = "gate.fold_roc_auc"  # comma-separated, oldest fold first
+    GATE_CHAMPION_FOLD_ROC_AUC = "gate.champion_fold_roc_auc"  # same; empty without champion
+    GATE_FOLDS_WORSE = "gate.folds_worse"  # "<lost>/<compared>" folds
+    # why a version was trained by the retrain flow
+    RETRAIN_REASON = "retrain_reason"  # event name, "schedule" or "manual"
+    RETRAIN_FLOW_RUN_ID = "retrain_flow_run_id"
+    RETRAIN_TRIGGER = "retrain_trigger"  # JSON of the triggering event's payload
 
     # what serving refuses to load a version without
     REQUIRED_FOR_SERVING = (ONNX_SHA256, FEATURE_NAMES, FEATURE_VIEWS, ENTITY_KEY)

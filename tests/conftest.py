@@ -65,9 +65,17 @@ def postgres_url(postgres_admin: sa.Engine) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """One real, temporary Prefect API for every flow test of the session."""
+    import tempfile
+
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # Persisted task results (cached training sets) go to a folder of the session's own.
+    with (
+        tempfile.TemporaryDirectory(prefix="prefect-results-") as storage,
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: storage}),
+        prefect_test_harness(server_startup_timeout=120),
+    ):
         yield
 
 

@@ -21,6 +21,8 @@ from rich.table import Table
 from mlops.cli.common import console, err, fail, load_settings
 from mlops.cli.datasets import datasets_app
 from mlops.cli.features import features_app
+from mlops.cli.stack import status as stack_status
+from mlops.cli.stack import up as stack_up
 from mlops.errors import MlopsError
 from mlops.settings import Settings, apply_prefect_env
 
@@ -381,29 +383,94 @@ def serve(
 def deploy(
     serve_: Annotated[
         bool,
-        typer.Option("--serve", help="Also run the deployments here until Ctrl-C."),
+        typer.Option(
+            "--serve",
+            help="Instead of using work pools, run the CPU deployments here until Ctrl-C "
+            "(a Prefect runner; schedules and triggers still apply).",
+        ),
+    ] = False,
+    gpu_pool_type: Annotated[
+        str,
+        typer.Option(
+            "--gpu-pool-type",
+            help="Infrastructure of the GPU pool when it is created: `docker` (device "
+            "requests) or `kubernetes` (nvidia.com/gpu limits, node selector, tolerations).",
+        ),
+    ] = "docker",
+    update_pools: Annotated[
+        bool,
+        typer.Option(
+            "--update-pools",
+            help="Also reset the base job templates of pools that already exist.",
+        ),
+    ] = False,
+    pools_only: Annotated[
+        bool,
+        typer.Option(
+            "--pools-only",
+            help="Only create the work pools and the GPU limit (then `prefect deploy --all`).",
+        ),
     ] = False,
 ) -> None:
-    """Register the deployments (`materialize/<view>`, `train/<model>`, `evaluate/<model>`).
+    """Register every deployment with its work pool, schedules and event triggers.
 
-    With `--serve` this process also runs them (a Prefect runner): start flow runs from
-    the Prefect UI or with `prefect deployment run train/fraud_detector`.
+    `materialize/<view>` (hourly), `train/<model>`, `train/<model>-gpu` (GPU pool),
+    `evaluate/<model>`, `monitor/<model>` (hourly) and `retrain/<model>` (weekly, and on
+    drift-detected / performance-degraded with a cooldown): the set `prefect deploy --all`
+    registers from prefect.yaml. First creates the missing work pools (`local`, a process
+    pool, and the GPU pool) and creates or updates the global concurrency limit
+    `gpu:<pool>` (MLOPS_ORCHESTRATION__GPUS_PER_POOL slots). Then start workers:
+    `prefect worker start --pool local`. With `--serve` this process runs the CPU
+    deployments itself (no pools, no worker); with `--pools-only` it registers nothing,
+    for `prefect deploy --all` to register the same set from prefect.yaml.
 
-    Example: `mlops deploy --serve`
+    Example: `mlops deploy --gpu-pool-type kubernetes` then `prefect worker start --pool local`
     """
     settings = _settings()
     from deployments import build_deployments
+    from deployments.pools import GPU_POOL_TYPES, ensure_gpu_limit, ensure_pools
 
-    deployments = build_deployments(settings)
+    if gpu_pool_type not in GPU_POOL_TYPES:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(GPU_POOL_TYPES)}, not {gpu_pool_type!r}",
+            param_hint="--gpu-pool-type",
+        )
     if serve_:
         from prefect import serve as prefect_serve
 
-        console.print(f"serving {len(deployments)} deployments (Ctrl-C to stop)")
-        prefect_serve(*deployments, print_starting_message=True)
+        local = [
+            d
+            for d in build_deployments(settings)
+            if d.work_pool_name == settings.orchestration.local_pool
+        ]
+        for deployment in local:  # this process runs them: no work pool
+            deployment.work_pool_name = None
+            deployment.job_variables = {}
+        console.print(f"serving {len(local)} deployments (Ctrl-C to stop)")
+        prefect_serve(*local, print_starting_message=True)
         return
-    for deployment in deployments:
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        pools = ensure_pools(
+            client,
+            settings,
+            gpu_pool_type=gpu_pool_type,  # checked above
+            update=update_pools,
+        )
+        limit_name, limit = ensure_gpu_limit(client, settings)
+    for pool, outcome in pools.items():
+        console.print(f"work pool {pool}: {outcome}")
+    console.print(f"global concurrency limit {limit_name}: {limit}")
+    if pools_only:
+        return
+    for deployment in build_deployments(settings):
         deployment.apply()
-        console.print(f"registered {deployment.flow_name}/{deployment.name}")
+        console.print(
+            f"registered {deployment.flow_name}/{deployment.name} "
+            f"(pool {deployment.work_pool_name})"
+        )
 
 
 @app.command("settings")
@@ -414,6 +481,10 @@ def show_settings() -> None:
     """
     settings = _settings()
     console.print_json(json.dumps(settings.model_dump(mode="json"), default=str))
+
+
+app.command("up")(stack_up)
+app.command("status")(stack_status)
 
 
 def main() -> None:  # pragma: no cover - the console script's entry point

@@ -725,6 +725,39 @@ class RequestLog:
                 pairs.append((_prediction(row), label))
         return pairs
 
+    def predictions_between(
+        self,
+        model_name: str,
+        since: datetime,
+        until: datetime,
+        *,
+        model_version: str | None = None,
+        limit: int | None = None,
+    ) -> list[PredictionRecord]:
+        """The predictions of ``model_name`` received in ``[since, until)``, oldest first
+        (the monitor's window); only ``model_version``'s when given.
+
+        ``limit`` keeps the newest ``limit`` requests of the window (still returned oldest
+        first). Naive times are taken as UTC.
+        """
+        p = prediction_log
+        query = sa.select(p).where(
+            p.c.model_name == model_name,
+            p.c.received_at >= as_utc(since),
+            p.c.received_at < as_utc(until),
+        )
+        if model_version is not None:
+            query = query.where(p.c.model_version == str(model_version))
+        if limit is not None:
+            query = query.order_by(p.c.received_at.desc(), p.c.request_id.desc()).limit(limit)
+        else:
+            query = query.order_by(p.c.received_at, p.c.request_id)
+        with self._ready_engine().connect() as conn:
+            records = [_prediction(row) for row in conn.execute(query)]
+        if limit is not None:
+            records.reverse()
+        return records
+
     # --- the database ------------------------------------------------------------------
     def _get_engine(self) -> sa.Engine:
         with self._engine_lock:

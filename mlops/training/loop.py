@@ -1,4 +1,10 @@
-"""The training loop: flat and readable, CUDA and mixed precision when present."""
+"""The training loop: flat and readable, CUDA and mixed precision when present.
+
+The same loop runs in one process and in each process of a data-parallel training
+(``mlops.training.distributed``, launched by torchrun): when ``torch.distributed`` is
+initialized, the model is wrapped in ``DistributedDataParallel``, each rank trains on
+its shard of every epoch (``DistributedSampler``) and rank 0 alone evaluates.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +14,21 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, TensorDataset
 
 from mlops.errors import TrainingError
+from mlops.training.device import pick_device, pick_precision, precision_name
 from mlops.training.metrics import classification_metrics
 from mlops.training.model import MLPClassifier, Preprocess, TrainConfig
+
+__all__ = ["auto_log_mask", "pick_device", "predict_proba", "train"]
 
 logger = logging.getLogger(__name__)
 
 EpochCallback = Callable[[dict[str, float]], None]
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
-    return torch.device(requested)
 
 
 def auto_log_mask(x: np.ndarray) -> np.ndarray:
@@ -54,29 +58,53 @@ def train(
     *,
     feature_names: list[str],
     on_epoch: EpochCallback | None = None,
+    device: torch.device | None = None,
 ) -> tuple[MLPClassifier, list[dict[str, float]]]:
-    """Fit an :class:`MLPClassifier`; returns it (on CPU, eval mode) and per-epoch history."""
+    """Fit an :class:`MLPClassifier`; returns it (on CPU, eval mode) and per-epoch history.
+
+    ``device`` overrides ``cfg.device`` (a torchrun worker passes its own GPU). In a
+    data-parallel run ``cfg.batch_size`` is the global batch (each of the N ranks takes
+    ``batch_size // N`` rows a step), and only rank 0 evaluates, calls ``on_epoch`` and
+    returns a history (the other ranks return an empty one)."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = pick_device(cfg.device)
+    device = device or pick_device(cfg.device)
     if cfg.log_features:
         log_mask = np.array([f in cfg.log_features for f in feature_names])
     else:
         log_mask = auto_log_mask(x_train)
     model = MLPClassifier(Preprocess.fit(x_train, log_mask), x_train.shape[1], cfg).to(device)
+    net: nn.Module = model
+    if distributed:
+        # the preprocessing buffers are fitted on the full training set on every rank:
+        # identical, so they need no broadcast on each forward
+        net = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+        torch.manual_seed(cfg.seed + rank)  # a dropout stream of each rank's own
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
     loss_fn = nn.BCEWithLogitsLoss()
-    use_amp = cfg.mixed_precision and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = pick_precision(device, cfg.mixed_precision)
+    use_amp = amp_dtype is not None
+    # bfloat16 has float32's range: only float16 needs loss scaling
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     xt = torch.from_numpy(x_train).to(device)
     yt = torch.from_numpy(y_train).to(device)
+    sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
+        TensorDataset(xt, yt), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed
+    )
+    step_rows = max(1, cfg.batch_size // world)
     logger.info(
-        "training on %s (%s), %d rows, %d features, %d epochs",
+        "training on %s (%s), rank %d of %d, %d rows, %d features, %d epochs",
         device,
-        f"amp {amp_dtype}" if use_amp else "fp32",
+        precision_name(amp_dtype),
+        rank,
+        world,
         len(x_train),
         x_train.shape[1],
         cfg.epochs,
@@ -84,29 +112,35 @@ def train(
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
-        model.train()
-        order = torch.from_numpy(rng.permutation(len(x_train))).to(device)
-        total, seen = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
+        net.train()
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.long, device=device)
+        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, rows
+        for i in range(0, len(order), step_rows):
+            idx = order[i : i + step_rows]
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = loss_fn(model(xt[idx]).float(), yt[idx])
+                loss = loss_fn(net(xt[idx]).float(), yt[idx])
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"the training loss became {float(loss)} in epoch {epoch}: "
+                    f"the training loss became {float(loss.detach())} in epoch {epoch}: "
                     f"lower the learning rate (now {cfg.learning_rate:g}) or check the features"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
+            total[0] += loss.detach().double() * len(idx)
+            total[1] += len(idx)
+        if distributed:
+            dist.all_reduce(total)
+        if rank != 0:
+            continue
         p_val = predict_proba(model, x_val, device)
         val = classification_metrics(y_val, p_val)
+        loss_sum, rows = total.tolist()
         record = {
             "epoch": float(epoch),
-            "train_loss": total / max(seen, 1),
+            "train_loss": loss_sum / max(rows, 1.0),
             "val_loss": val["log_loss"],
             "val_roc_auc": val["roc_auc"],
             "val_pr_auc": val["pr_auc"],

@@ -30,6 +30,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: bool = True  # used on CUDA only
+    gpus: int = 1  # data-parallel processes (torchrun when > 1): GPUs, or CPU processes
     log_features: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -44,6 +45,8 @@ class TrainConfig:
             problems.append(f"hidden sizes must be positive (got {list(self.hidden)})")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.gpus < 1:
+            problems.append(f"gpus must be ≥ 1 (got {self.gpus})")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device must be auto, cpu or cuda (got {self.device!r})")
         if problems:

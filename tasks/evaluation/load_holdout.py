@@ -10,12 +10,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.errors import RegistryError
+from tasks.evaluation.retry import MLFLOW_RETRIES
 from tasks.training.register import HOLDOUT_ARTIFACT
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(cache_policy=NO_CACHE, **MLFLOW_RETRIES)
 def load_holdout(client: MlflowClient, name: str, version: str) -> pd.DataFrame:
-    """The holdout rows that ``name`` version ``version`` was trained against."""
+    """The holdout rows that ``name`` version ``version`` was trained against: the newest
+    labelled window of its training data, which neither training nor early stopping saw."""
     mv = client.get_model_version(name, version)
     if not mv.run_id:
         raise RegistryError(f"model {name!r} version {version} has no training run")

@@ -8,9 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from mlops.artifacts import artifact_key
 from mlops.gates import GateDecision
 from mlops.registry import set_tags
+from tasks.evaluation.retry import MLFLOW_RETRIES
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(cache_policy=NO_CACHE, **MLFLOW_RETRIES)
 def record_decision(
     client: MlflowClient,
     name: str,
@@ -18,7 +19,8 @@ def record_decision(
     decision: GateDecision,
     table: list[dict[str, object]],
 ) -> None:
-    """The decision and its reason as version tags and a Prefect table artifact."""
+    """The decision and its reason as version tags and a Prefect table artifact
+    (one row per model, or per fold in a walk-forward evaluation)."""
     set_tags(client, name=name, version=version, tags=decision.tags())
     create_table_artifact(
         table,

@@ -9,6 +9,7 @@ from prefect.runtime import flow_run
 
 from mlops.specs import ModelSpec
 from mlops.training.data import TimeSplits
+from mlops.training.device import TrainingPlan
 from mlops.training.model import TrainConfig
 
 
@@ -20,8 +21,10 @@ def start_run(
     cfg: TrainConfig,
     splits: TimeSplits,
     data_window: str,
+    plan: TrainingPlan,
 ) -> str:
-    """Create the MLflow run of this training, with its parameters; returns its id."""
+    """Create the MLflow run of this training, with its parameters and ``plan`` (the
+    device, precision and processes it runs on); returns its id."""
     run = client.create_run(
         experiment_id,
         run_name=f"train-{spec.name}-{flow_run.get_name() or 'local'}",
@@ -32,6 +35,7 @@ def start_run(
         },
     )
     params = {f"cfg.{k}": v for k, v in asdict(cfg).items()}
+    params |= plan.params()
     params |= {
         "data_window": data_window,
         "feature_views": ",".join(v.ref for v in spec.views),

@@ -25,6 +25,8 @@ COMMANDS = [
     "deploy",
     "features",
     "datasets",
+    "up",
+    "status",
 ]
 
 

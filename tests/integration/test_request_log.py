@@ -226,7 +226,7 @@ def test_migrations_run_once_with_their_own_version_table(
         first.log_prediction(record)
         assert first.flush()
         first.close()
-        assert sum("Running upgrade" in r.getMessage() for r in caplog.records) == 2
+        assert sum("Running upgrade" in r.getMessage() for r in caplog.records) == 3
         caplog.clear()
 
         second = open_log(db_url)  # same URL: the schema is there, nothing runs
@@ -237,12 +237,18 @@ def test_migrations_run_once_with_their_own_version_table(
 
     try:
         tables = set(sa.inspect(engine).get_table_names())
-        assert tables == {"prediction_log", "prediction_feedback", VERSION_TABLE, "alembic_version"}
+        assert tables == {
+            "prediction_log",
+            "prediction_feedback",
+            "monitoring_runs",
+            VERSION_TABLE,
+            "alembic_version",
+        }
         indexes = {i["name"] for i in sa.inspect(engine).get_indexes("prediction_log")}
         assert {"ix_prediction_log_received_at", "ix_prediction_log_model"} <= indexes
         with engine.connect() as conn:
             assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all() == [
-                ("0002",)
+                ("0003",)
             ]
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
                 ("mlflow_head",)

@@ -181,7 +181,7 @@ def test_pick_device() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(TrainingError, match="no CUDA device"):
             pick_device("cuda")
 
 

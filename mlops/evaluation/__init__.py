@@ -1,0 +1,1 @@
+"""Evaluation of a challenger against the champion: walk-forward folds over time."""
