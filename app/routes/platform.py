@@ -14,7 +14,7 @@ the Prefect API unreachable → 503 naming its URL.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 import anyio.to_thread
@@ -96,6 +96,14 @@ def _with_mlflow(settings: Settings, op: Callable[[MlflowClient], T]) -> Callabl
 
 
 # --- flow runs and deployments ----------------------------------------------------------
+async def _deployment(
+    settings: Settings, flow: str, name: str, op: Callable[..., Any]
+) -> s.DeploymentState:
+    """``op(client, deployment="<flow>/<name>")`` on the Prefect API, as a DeploymentState."""
+    found = await _run(_with_prefect(settings, lambda c: op(c, deployment=f"{flow}/{name}")))
+    return s.DeploymentState.model_validate(found)
+
+
 @router.post(
     "/flows/{kind}/{name}/runs",
     response_model=s.FlowRunRef,
@@ -148,12 +156,7 @@ async def deployment_state(
     flow: PathName, name: PathName, settings: SettingsDep
 ) -> s.DeploymentState:
     """Whether the deployment ``<flow>/<name>`` is paused, its schedules and parameters."""
-    found = await _run(
-        _with_prefect(
-            settings, lambda c: orchestration.deployment_state(c, deployment=f"{flow}/{name}")
-        )
-    )
-    return s.DeploymentState.model_validate(found)
+    return await _deployment(settings, flow, name, orchestration.deployment_state)
 
 
 @router.post(
@@ -165,12 +168,7 @@ async def deployment_state(
 async def pause(flow: PathName, name: PathName, settings: SettingsDep) -> s.DeploymentState:
     """Prefect's deployment pause: no more scheduled runs (those already scheduled are
     deleted). Runs started by hand and event triggers still run. Idempotent."""
-    found = await _run(
-        _with_prefect(
-            settings, lambda c: orchestration.pause_schedules(c, deployment=f"{flow}/{name}")
-        )
-    )
-    return s.DeploymentState.model_validate(found)
+    return await _deployment(settings, flow, name, orchestration.pause_schedules)
 
 
 @router.post(
@@ -181,12 +179,7 @@ async def pause(flow: PathName, name: PathName, settings: SettingsDep) -> s.Depl
 )
 async def resume(flow: PathName, name: PathName, settings: SettingsDep) -> s.DeploymentState:
     """Undo a pause: the scheduler fills the active schedules again. Idempotent."""
-    found = await _run(
-        _with_prefect(
-            settings, lambda c: orchestration.resume_schedules(c, deployment=f"{flow}/{name}")
-        )
-    )
-    return s.DeploymentState.model_validate(found)
+    return await _deployment(settings, flow, name, orchestration.resume_schedules)
 
 
 @router.post(
