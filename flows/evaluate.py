@@ -12,6 +12,7 @@ from mlops import events
 from mlops.errors import RegistryError
 from mlops.evaluation.walk_forward import fold_table, time_folds
 from mlops.gates import decide_folds
+from mlops.lifecycle import on_flow_crashed
 from mlops.registry import (
     CHALLENGER,
     CHAMPION,
@@ -27,7 +28,12 @@ from tasks.evaluation.record import record_decision
 from tasks.evaluation.score import score_folds
 
 
-@flow(name="evaluate", log_prints=False)
+@flow(
+    name="evaluate",
+    log_prints=False,
+    on_crashed=[on_flow_crashed],
+    on_cancellation=[on_flow_crashed],
+)
 def evaluate(
     model_name: str = "fraud_detector",
     min_roc_auc: float = 0.75,
@@ -76,7 +82,7 @@ def evaluate(
     table = fold_table(window, challenger_folds, champion_folds, spec.label)
     with transaction():
         if decision.promote:
-            promote_version(client, spec.name, version)
+            promote_version(client, spec.name, version, decision.reason)
         record_decision(client, spec.name, version, decision, table)
     result: dict[str, Any] = {
         "model": spec.name,

@@ -24,6 +24,7 @@ from prefect.artifacts import (
 from mlops import events
 from mlops.artifacts import artifact_key
 from mlops.features.materialize import Totals
+from mlops.lifecycle import on_flow_crashed
 from mlops.settings import Settings
 from mlops.specs import get_view
 from tasks.features.check_skew import train_serve_skew
@@ -32,7 +33,12 @@ from tasks.features.plan import plan_materialization
 from tasks.features.record import record_materialization
 
 
-@flow(name="materialize", log_prints=False)
+@flow(
+    name="materialize",
+    log_prints=False,
+    on_crashed=[on_flow_crashed],
+    on_cancellation=[on_flow_crashed],
+)
 def materialize(
     view_name: str = "card_transactions",
     start: datetime | None = None,

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from mlops import events
+from mlops.lifecycle import on_flow_crashed
 from mlops.monitoring.history import MonitoringRun
 from mlops.monitoring.judge import Thresholds, event_payload, judge, live_accuracy
 from mlops.registry import configure_mlflow, mlflow_client
@@ -27,7 +28,12 @@ from tasks.monitoring.reference import select_reference
 T = TypeVar("T")
 
 
-@flow(name="monitor", log_prints=False)
+@flow(
+    name="monitor",
+    log_prints=False,
+    on_crashed=[on_flow_crashed],
+    on_cancellation=[on_flow_crashed],
+)
 def monitor(
     model_name: str = "fraud_detector",
     window_hours: float | None = None,

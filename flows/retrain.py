@@ -22,6 +22,7 @@ from flows.materialize import materialize
 from flows.train import train
 from mlops.errors import ConfigurationError
 from mlops.evaluation.report import TRIGGERS
+from mlops.lifecycle import on_flow_crashed
 from mlops.registry import (
     CHAMPION,
     Tags,
@@ -37,7 +38,12 @@ from tasks.evaluation.report import report_decision, report_trigger, tag_version
 TRIGGER_TAG_MAX_CHARS = 5000
 
 
-@flow(name="retrain", log_prints=False)
+@flow(
+    name="retrain",
+    log_prints=False,
+    on_crashed=[on_flow_crashed],
+    on_cancellation=[on_flow_crashed],
+)
 def retrain(
     model_name: str = "fraud_detector",
     reason: str = "schedule",

@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from mlops import events
 from mlops.artifacts import artifact_key
 from mlops.features.window import align
+from mlops.lifecycle import on_flow_crashed
 from mlops.registry import Tags, configure_mlflow, finish_run, git_sha, mlflow_client
 from mlops.settings import Settings
 from mlops.specs import get_spec
@@ -27,7 +28,12 @@ from tasks.training.split import split_by_time
 from tasks.training.start_run import start_run
 
 
-@flow(name="train", log_prints=False)
+@flow(
+    name="train",
+    log_prints=False,
+    on_crashed=[on_flow_crashed],
+    on_cancellation=[on_flow_crashed],
+)
 def train(
     model_name: str = "fraud_detector",
     start: datetime | None = None,

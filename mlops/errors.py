@@ -17,14 +17,24 @@
     ├── DatasetNotFoundError        no dataset (or version) of that name in the catalog
     ├── TrainingError               training could not produce a model
     ├── ParityError                 ONNX and torch disagree beyond the tolerance
-    └── RegistryError               the model registry has no such model / alias
-        ├── NoChampionError         no version carries the ``champion`` alias
-        └── IntegrityError          an artifact's sha256 does not match its tag
+    ├── RegistryError               the model registry has no such model / alias
+    │   ├── NoChampionError         no version carries the ``champion`` alias
+    │   └── IntegrityError          an artifact's sha256 does not match its tag
+    ├── PlatformError               a platform operation (``mlops.platform``) cannot be done;
+    │   │                           the management API maps each to an HTTP status
+    │   ├── NotFoundError           no such deployment / flow run / model / version / run /
+    │   │                           experiment (404); ``kind`` and ``name`` say which
+    │   ├── InvalidRequestError     bad input: parameters, filter, metric, mode (422)
+    │   ├── ConflictError           the state forbids it: nothing to roll back to (409)
+    │   └── OrchestratorUnavailableError
+    │                               the Prefect API cannot be reached or is not set (503)
+    └── StackError                  the local stack (``mlops up``) cannot start or run
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class MlopsError(Exception):
@@ -132,3 +142,41 @@ class NoChampionError(RegistryError):
 
 class IntegrityError(RegistryError):
     pass
+
+
+class PlatformError(MlopsError):
+    """Base of the errors raised by :mod:`mlops.platform`."""
+
+
+class NotFoundError(PlatformError):
+    """``kind`` (``"deployment"``, ``"flow run"``, ``"model"``, ...) named ``name`` is unknown."""
+
+    def __init__(self, kind: str, name: str, hint: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"no {kind} {name!r}" + (f": {hint}" if hint else ""))
+
+
+class InvalidRequestError(PlatformError):
+    """The request's input breaks a rule (the message names the field)."""
+
+
+class ConflictError(PlatformError):
+    """The current state does not allow the operation (the message says why)."""
+
+
+class OrchestratorUnavailableError(PlatformError):
+    """The Prefect API is not configured or does not answer (the message names its URL)."""
+
+
+class StackError(MlopsError):
+    """The local stack cannot start or run: a port is taken, a service failed its health
+    check or exited, a backend is unreachable. ``service`` and ``log_path`` name the
+    service and its log file when the error is about one."""
+
+    def __init__(
+        self, message: str, *, service: str | None = None, log_path: Path | None = None
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.log_path = log_path

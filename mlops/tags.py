@@ -35,3 +35,13 @@ class Tags:
 
     # what serving refuses to load a version without
     REQUIRED_FOR_SERVING = (ONNX_SHA256, FEATURE_NAMES, FEATURE_VIEWS, ENTITY_KEY)
+
+
+class RunTags:
+    """MLflow run tag names that tie a run to the Prefect flow run that opened it
+    (contracts: :mod:`mlops.lifecycle` finds the runs a crashed flow left open by them)."""
+
+    FLOW_RUN_ID = "mlops.flow_run_id"
+    ROOT_FLOW_RUN_ID = "mlops.root_flow_run_id"  # the top of the flow run's subflow tree
+    TERMINATED_BY = "mlops.terminated_by"  # "prefect:<state name>" when a hook ended it
+    TERMINATED_REASON = "mlops.terminated_reason"

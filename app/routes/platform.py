@@ -24,13 +24,13 @@ from fastapi import Path as PathParam
 from app import schemas_platform as s
 from app.deps import SettingsDep
 from app.security import require_token
-from mlops.platform import features, models, orchestration, runs
-from mlops.platform.errors import (
+from mlops.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
     OrchestratorUnavailableError,
 )
+from mlops.platform import features, models, orchestration, runs
 from mlops.registry import mlflow_client
 from mlops.settings import Settings
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 from rich.console import Console
 
@@ -24,3 +26,17 @@ def load_settings() -> Settings:
     except ValueError as exc:
         err.print(f"invalid settings: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from exc
+
+
+def at_least_one(meaning: str) -> Callable[[int], int]:
+    """A Typer option callback refusing counts below 1 with a message saying what the
+    count means (``meaning``), so the user knows which number to give instead."""
+
+    def check(value: int) -> int:
+        if value < 1:
+            raise typer.BadParameter(
+                f"must be a whole number of at least 1 ({meaning}), not {value}"
+            )
+        return value
+
+    return check

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mlops.cli.common import console, err, fail, load_settings
+from mlops.cli.common import at_least_one, console, err, fail, load_settings
 from mlops.cli.datasets import datasets_app
 from mlops.cli.features import features_app
 from mlops.cli.stack import status as stack_status
@@ -298,10 +298,19 @@ def materialize_cmd(
 @app.command("train")
 def train_cmd(
     model: Annotated[str, typer.Option(help="Model spec.")] = "fraud_detector",
-    epochs: Annotated[int, typer.Option(min=1)] = 8,
-    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
-    learning_rate: Annotated[float, typer.Option()] = 2e-3,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 1024,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    gpus: Annotated[
+        int,
+        typer.Option(
+            callback=at_least_one("data-parallel training processes"),
+            help="Data-parallel processes: more than 1 trains through torchrun, one process "
+            "per GPU (at most the GPUs visible), or that many CPU processes with "
+            "--device cpu.",
+        ),
+    ] = 1,
     start: DateOpt = None,
     end: DateOpt = None,
     labels_dataset: Annotated[
@@ -311,11 +320,11 @@ def train_cmd(
             "`mlops datasets ls`) instead of the spec's label table."
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show flow logs.")] = False,
 ) -> None:
     """Train a model spec and register it as the `challenger`.
 
-    Example: `mlops train --epochs 10 --device cuda`, or
+    Example: `mlops train --epochs 10 --device cuda --gpus 2`, or
     `mlops train --labels-dataset fraud_labels@2`
     """
     _settings(verbose)
@@ -331,6 +340,7 @@ def train_cmd(
             start=start,
             end=end,
             labels_dataset=labels_dataset,
+            gpus=gpus,
         )
     except MlopsError as exc:
         raise fail(exc) from exc
@@ -344,23 +354,50 @@ def evaluate_cmd(
     max_regression: Annotated[
         float, typer.Option(help="Gate: largest ROC AUC drop allowed against the champion.")
     ] = 0.01,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    folds: Annotated[
+        int,
+        typer.Option(
+            callback=at_least_one("consecutive time folds of the holdout"),
+            help="Walk-forward time folds of the holdout: 1 scores it whole; more also "
+            "require the challenger not to regress on a majority of folds.",
+        ),
+    ] = 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show flow logs.")] = False,
 ) -> None:
     """Score challenger vs champion on the same holdout and promote through the gates.
 
-    Example: `mlops evaluate --min-roc-auc 0.8`
+    Example: `mlops evaluate --min-roc-auc 0.8 --folds 4`
     """
     _settings(verbose)
     from flows.evaluate import evaluate
 
     try:
-        result = evaluate(model_name=model, min_roc_auc=min_roc_auc, max_regression=max_regression)
+        result = evaluate(
+            model_name=model,
+            min_roc_auc=min_roc_auc,
+            max_regression=max_regression,
+            folds=folds,
+        )
     except MlopsError as exc:
         raise fail(exc) from exc
+    table: list[dict[str, Any]] = result.get("folds") or []
     _show(
-        {k: v for k, v in result.items() if not isinstance(v, dict)},
+        {k: v for k, v in result.items() if not isinstance(v, dict | list)} | {"folds": len(table)},
         f"evaluated {model}",
     )
+    if len(table) > 1:
+        _show_folds(table)
+
+
+def _show_folds(rows: list[dict[str, Any]]) -> None:
+    """The walk-forward folds side by side: span, size and both models' ROC AUC."""
+    columns = ["fold", "start", "end", "rows", "challenger_roc_auc", "champion_roc_auc"]
+    table = Table(title="walk-forward folds")
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console.print(table)
 
 
 @app.command()

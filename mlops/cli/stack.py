@@ -18,9 +18,10 @@ import typer
 from rich.table import Table
 
 from mlops.cli.common import console, err, fail, load_settings
+from mlops.errors import StackError
 from mlops.stack import preflight
 from mlops.stack.health import Health
-from mlops.stack.spec import ServiceSpec, Stack, StackError, StackOptions, build_stack
+from mlops.stack.spec import ServiceSpec, Stack, StackOptions, build_stack
 from mlops.stack.state import report
 from mlops.stack.supervisor import Supervisor
 

@@ -10,7 +10,8 @@ module                      operations
                             ``promote``, ``rollback``, ``champion_history``
 :mod:`.runs`                ``list_runs``, ``compare_runs``, ``best_run``
 :mod:`.features`            ``feature_store_stats``
-:mod:`.errors`              the errors they raise (404 / 409 / 422 / 503 in the API)
+:mod:`mlops.errors`         the errors they raise (404 / 409 / 422 / 503 in the API);
+                            :mod:`.errors` re-exports them for older imports
 ==========================  =========================================================
 
 They are synchronous (MLflow's client is; Prefect's is used as ``get_client(sync_client=

@@ -1,7 +1,7 @@
 """Registered models: list them and their versions, promote a version, roll back.
 
 Every function takes an :class:`mlflow.MlflowClient` (``client``) and raises the errors
-of :mod:`mlops.platform.errors` (an unknown model or version is :class:`NotFoundError`).
+of :mod:`mlops.errors` (an unknown model or version is :class:`NotFoundError`).
 
 Champion history (the contract of :func:`promote` and :func:`rollback`):
 
@@ -32,8 +32,8 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from mlops import events
+from mlops.errors import ConflictError, InvalidRequestError, NotFoundError
 from mlops.platform import _events
-from mlops.platform.errors import ConflictError, InvalidRequestError, NotFoundError
 from mlops.registry import CHALLENGER, CHAMPION, version_by_alias
 from mlops.tags import Tags
 
@@ -219,12 +219,29 @@ def push_champion_history(client: MlflowClient, *, name: str, previous: str | No
     """Append ``previous`` (the champion being replaced) to the history; returns it.
 
     Anything that moves ``champion`` forward calls this first, so :func:`rollback` can
-    undo it (the evaluate flow's promotion should too)."""
+    undo it: :func:`promote` here and the evaluate flow's promotion task
+    (``tasks/evaluation/promote.py``, which restores the tag when its transaction rolls
+    back)."""
     history = champion_history(client, name=name)
     if previous is not None and (not history or history[-1] != previous):
         history.append(previous)
         _save_history(client, name, history)
     return history[-HISTORY_MAX:]
+
+
+def promotion_tags(
+    kind: str, by: str, reason: str, at: datetime, previous: str | None
+) -> dict[str, str]:
+    """The ``promotion.*`` tags of a version made champion: how (``promote`` or
+    ``rollback``), by whom (a token's caller, ``evaluate flow``), why, when, and which
+    version it replaced."""
+    return {
+        PROMOTION_KIND: kind,
+        PROMOTION_BY: by,
+        PROMOTION_REASON: reason,
+        PROMOTION_AT: at.isoformat(),
+        PROMOTION_PREVIOUS: previous or "",
+    }
 
 
 def _move_champion(
@@ -244,13 +261,7 @@ def _move_champion(
     challenger = version_by_alias(client, name, CHALLENGER)
     if challenger is not None and str(challenger.version) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
-    for key, value in {
-        PROMOTION_KIND: kind,
-        PROMOTION_BY: by,
-        PROMOTION_REASON: reason,
-        PROMOTION_AT: at.isoformat(),
-        PROMOTION_PREVIOUS: previous or "",
-    }.items():
+    for key, value in promotion_tags(kind, by, reason, at, previous).items():
         client.set_model_version_tag(name, version, key, value)
     logger.info(
         "%s: model %s version %s is now %s (was %s)", kind, name, version, CHAMPION, previous

@@ -1,7 +1,7 @@
 """Flow runs and deployments through the Prefect API: start, follow, pause, resume.
 
 Every function takes a synchronous Prefect client (:func:`prefect_client`) as its first
-keyword argument and raises the errors of :mod:`mlops.platform.errors`:
+keyword argument and raises the platform errors of :mod:`mlops.errors`:
 :class:`NotFoundError` for an unknown deployment or flow run, :class:`InvalidRequestError`
 for parameters the deployment does not take, :class:`OrchestratorUnavailableError` when
 the API does not answer (raised by :func:`prefect_client` for anything done inside it).
@@ -31,7 +31,7 @@ from uuid import UUID
 
 import httpx
 
-from mlops.platform.errors import (
+from mlops.errors import (
     InvalidRequestError,
     NotFoundError,
     OrchestratorUnavailableError,

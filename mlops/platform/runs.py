@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 
-from mlops.platform.errors import InvalidRequestError, NotFoundError
+from mlops.errors import InvalidRequestError, NotFoundError
 
 MAX_RESULTS = 1000
 MAX_COMPARE = 50

@@ -605,7 +605,8 @@ class RequestLog:
         return True
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop taking records, flush them (to the database or the spool), stop the writer.
+        """Stop taking records, flush them (to the database or the spool), stop the writer,
+        and close the database connections (reads open them too, started or not).
 
         What is spooled stays on disk: the next :class:`RequestLog` on the same
         ``spool_dir`` replays it. Records logged after this are dropped and counted.
@@ -617,6 +618,7 @@ class RequestLog:
                 logger.warning("request log closed before start: %d records lost", len(self._queue))
                 self._add_dropped(len(self._queue))
                 self._queue.clear()
+            self._dispose_engine()  # a log built only to read (the monitor flow) has no writer
             return
         deadline = time.monotonic() + timeout_s
         self._stop.set()
@@ -630,6 +632,7 @@ class RequestLog:
             )
         else:
             self._thread = None
+            self._dispose_engine()  # reads since the writer's own dispose reopened some
 
     # --- what /metrics and /ready read -------------------------------------------------
     @property
@@ -766,6 +769,13 @@ class RequestLog:
                     self._url.render_as_string(hide_password=False), write_ahead_log=True
                 )
             return self._engine
+
+    def _dispose_engine(self) -> None:
+        """Close the engine's pooled connections; a later read opens new ones."""
+        with self._engine_lock:
+            engine = self._engine
+        if engine is not None:
+            engine.dispose()
 
     def _ready_engine(self) -> sa.Engine:
         """The engine, the schema migrated first (once per process and log)."""

@@ -9,11 +9,11 @@
 - :mod:`mlops.stack.health`: the HTTP health checks.
 """
 
+from mlops.errors import StackError
 from mlops.stack.spec import (
     HealthCheck,
     ServiceSpec,
     Stack,
-    StackError,
     StackOptions,
     build_stack,
     state_path,

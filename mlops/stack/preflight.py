@@ -13,7 +13,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from mlops.stack.spec import Stack, StackError, masked, postgres_url
+from mlops.errors import StackError
+from mlops.stack.spec import Stack, masked, postgres_url
 from mlops.stack.state import group_members, is_alive, read_state
 
 logger = logging.getLogger(__name__)

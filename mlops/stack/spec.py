@@ -23,7 +23,7 @@ from typing import Literal
 
 from sqlalchemy.engine import URL, make_url
 
-from mlops.errors import MlopsError
+from mlops.errors import StackError  # re-exported: it lived here before
 from mlops.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -34,19 +34,6 @@ MLFLOW_DB = "mlflow"
 REQUEST_LOG_DB = "mlops_requests"
 
 HealthKind = Literal["http", "deployments", "app"]
-
-
-class StackError(MlopsError):
-    """The local stack cannot start or run: a port is taken, a service failed its health
-    check or exited, a backend is unreachable. ``service`` and ``log_path`` name the
-    service and its log file when the error is about one."""
-
-    def __init__(
-        self, message: str, *, service: str | None = None, log_path: Path | None = None
-    ) -> None:
-        super().__init__(message)
-        self.service = service
-        self.log_path = log_path
 
 
 @dataclass(frozen=True)

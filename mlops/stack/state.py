@@ -22,8 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mlops.errors import StackError
 from mlops.stack.health import Health, check
-from mlops.stack.spec import HealthCheck, StackError, state_path
+from mlops.stack.spec import HealthCheck, state_path
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:

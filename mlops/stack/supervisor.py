@@ -33,8 +33,9 @@ from datetime import UTC, datetime
 from types import FrameType, TracebackType
 from typing import IO, Any
 
+from mlops.errors import StackError
 from mlops.stack.health import Health, check
-from mlops.stack.spec import PROJECT_DIR, ServiceSpec, Stack, StackError
+from mlops.stack.spec import PROJECT_DIR, ServiceSpec, Stack
 from mlops.stack.state import group_members, proc_start, write_state
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 
+from mlops.lifecycle import flow_run_tags
 from mlops.monitoring.drift import DriftReport
 from mlops.monitoring.judge import Judgement, LiveAccuracy
 from mlops.registry import finish_run
@@ -52,7 +52,7 @@ def log_monitoring_run(
             "mlops.model": model_name,
             "mlops.model_version": model_version,
             "mlops.flow": "monitor",
-            "mlops.flow_run_id": str(flow_run.get_id() or ""),
+            **flow_run_tags(),  # mlops.flow_run_id, mlops.root_flow_run_id
             "mlops.events": ",".join(judgement.events),
         },
     )

@@ -7,6 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from mlops.lifecycle import flow_run_tags
 from mlops.specs import ModelSpec
 from mlops.training.data import TimeSplits
 from mlops.training.device import TrainingPlan
@@ -30,7 +31,7 @@ def start_run(
         run_name=f"train-{spec.name}-{flow_run.get_name() or 'local'}",
         tags={
             "mlops.model": spec.name,
-            "mlops.flow_run_id": str(flow_run.get_id() or ""),
+            **flow_run_tags(),  # mlops.flow_run_id, mlops.root_flow_run_id
             "mlops.feature_views": ",".join(v.ref for v in spec.views),
         },
     )

@@ -102,3 +102,53 @@ def test_deploy_registers_the_deployments(mlops_home: Path) -> None:
         "evaluate/fraud_detector",
     ):
         assert f"registered {name}" in result.output
+
+
+def test_train_gpus_and_evaluate_folds_reach_the_flows(mlops_home: Path) -> None:
+    from mlflow import MlflowClient
+
+    from mlops.registry import Tags
+    from mlops.settings import Settings
+
+    steps = [
+        ["generate", "--entities", "500", "--days", "21", "--end", "2026-02-01", "--seed", "2"],
+        ["materialize"],
+        ["train", "--epochs", "2", "--batch-size", "256", "--device", "cpu", "--gpus", "2"],
+        ["evaluate", "--folds", "2"],
+    ]
+    outputs = []
+    for args in steps:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, f"{args}: {result.output}"
+        outputs.append(result.output)
+
+    settings = Settings()
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert (run.data.params["processes"], run.data.params["ddp_backend"]) == ("2", "gloo")
+
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    assert version.tags[Tags.GATE_FOLDS] == "2"
+    assert len(version.tags[Tags.GATE_FOLD_ROC_AUC].split(",")) == 2
+    assert "walk-forward folds" in outputs[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "meaning"),
+    [
+        (["train", "--gpus", "0"], "--gpus", "data-parallel training processes"),
+        (["evaluate", "--folds", "0"], "--folds", "time folds of the holdout"),
+        (["evaluate", "--folds", "-3"], "--folds", "not -3"),
+    ],
+)
+def test_counts_below_one_are_refused_before_any_flow_runs(
+    mlops_home: Path, args: list[str], option: str, meaning: str
+) -> None:
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert "at least 1" in result.output
+    assert meaning in result.output
+    assert not (mlops_home / "mlflow.db").exists()  # refused before the flow started

@@ -8,11 +8,14 @@ trigger must turn a burst of events into one flow run.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +195,112 @@ def test_a_burst_of_events_starts_one_retraining_with_the_event(mlops_home: Path
         "reason": MODEL_DRIFT_DETECTED,
         "event_payload": payload,
     }
+
+
+@pytest.fixture
+def prefect_server_with_services(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A ``prefect server start`` of its own, services (the scheduler) included, on a free
+    port with a fresh ``PREFECT_HOME``: the session's test harness runs only the services
+    an ephemeral server runs, and the scheduler is not one of them. Yields its API URL and
+    its log file."""
+    import httpx
+
+    from mlops.cli.server import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-server-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",  # errors only, not each request
+    }
+    log_path = tmp_path / "prefect-server.log"
+    prefect = Path(sys.executable).with_name("prefect")
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            assert server.poll() is None, (
+                f"prefect server exited with {server.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (
+                f"prefect server not healthy in 45 s:\n{log_path.read_text()[-3000:]}"
+            )
+            time.sleep(0.2)
+        yield url, log_path
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_the_scheduler_creates_the_monitor_deployments_hourly_runs(
+    mlops_home: Path, prefect_server_with_services: tuple[str, Path]
+) -> None:
+    """Regression: SQLAlchemy 2.1 broke Prefect 3.8.8's scheduler ("Can't evaluate bulk
+    DML statement"), so deployments got no scheduled runs; sqlalchemy is pinned <2.1."""
+    from zoneinfo import ZoneInfo
+
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments import MONITOR_CRON
+
+    url, server_log = prefect_server_with_services
+    settings = Settings()
+    minute = int(MONITOR_CRON.split()[0])
+    zone = ZoneInfo(settings.orchestration.timezone)
+    with temporary_settings({PREFECT_API_URL: url}):
+        with get_client(sync_client=True) as client:
+            ensure_pools(client, settings)
+        ids = {f"{d.flow_name}/{d.name}": d.apply() for d in build_deployments(settings)}
+        monitor = ids["monitor/fraud_detector"]
+
+        scheduled: list[Any] = []
+        deadline = time.monotonic() + 30  # the recent-deployments loop runs every 5 s
+        while not scheduled and time.monotonic() < deadline:
+            time.sleep(1)
+            with get_client(sync_client=True) as client:
+                scheduled = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[monitor])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
+                        )
+                    ),
+                    sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                    limit=10,
+                )
+    assert scheduled, (
+        "the scheduler made no SCHEDULED run of monitor/fraud_detector in 30 s; the "
+        f"server's log ends:\n{server_log.read_text()[-4000:]}"
+    )
+    starts = sorted(run.expected_start_time.astimezone(zone) for run in scheduled)
+    assert all((t.minute, t.second) == (minute, 0) for t in starts), starts
+    assert starts[0] - datetime.now(zone) <= timedelta(hours=1)  # the next one, not a later
+    assert all(run.auto_scheduled for run in scheduled)
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(starts))

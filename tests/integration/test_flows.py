@@ -189,3 +189,24 @@ def test_train_on_labels_from_a_registered_dataset(data: Settings, tmp_path: Pat
         finally:
             catalog.engine.dispose()
         train(epochs=1, labels_dataset="no_labels")
+
+
+def test_rollback_undoes_the_evaluate_flows_promotion(data: Settings) -> None:
+    from mlops.platform.models import champion_history, rollback
+
+    materialize()
+    loose = {"min_roc_auc": 0.0, "max_regression": 1.0}  # gates any model passes
+    first = train(epochs=1, batch_size=512, seed=2)
+    assert evaluate(**loose)["promoted"] is True
+    second = train(epochs=1, batch_size=512, seed=3)
+    assert evaluate(**loose)["promoted"] is True
+
+    client = MlflowClient(tracking_uri=data.tracking_uri)
+    name = "fraud_detector"
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == second["version"]
+    assert champion_history(client, name=name) == [first["version"]]
+
+    result = rollback(client, name=name, by="test", reason="the new champion misbehaves")
+    assert (result.version, result.previous) == (first["version"], second["version"])
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == first["version"]
+    assert champion_history(client, name=name) == []

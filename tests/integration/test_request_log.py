@@ -465,3 +465,33 @@ def test_a_record_the_database_refuses_is_dropped_alone(
     assert log.flush()
     assert (log.written, log.dropped, log.database_ok) == (2, 1, True)
     assert log.predictions([r.request_id for r in (*good, bad)]) == good
+
+
+def test_closing_a_log_that_only_read_closes_its_database_connections(
+    postgres_url: str, postgres_admin: sa.Engine, open_log: Callable[..., RequestLog]
+) -> None:
+    database = sa.make_url(postgres_url).database
+
+    def connections() -> int:
+        with postgres_admin.connect() as conn:
+            return conn.execute(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db"),
+                {"db": database},
+            ).scalar_one()
+
+    writer = open_log(postgres_url)
+    writer.log_prediction(record := prediction())
+    assert writer.flush()
+    writer.close()
+
+    reader = open_log(postgres_url, start=False)  # as the monitor flow builds it
+    assert [r.request_id for r in reader.predictions([record.request_id])] == [record.request_id]
+    assert connections() >= 1  # the read's connection went back to the pool, still open
+    reader.close()
+    wait_until(lambda: connections() == 0, timeout_s=5)
+
+    # reading again after close opens a connection again, and closing again closes it
+    assert reader.predictions([record.request_id])
+    assert connections() >= 1
+    reader.close()
+    wait_until(lambda: connections() == 0, timeout_s=5)

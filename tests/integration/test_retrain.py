@@ -246,3 +246,32 @@ def test_a_failure_after_promotion_puts_the_aliases_back(tmp_path: Path) -> None
     promote_and_succeed()
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == new
     assert version_by_alias(client, "m", CHALLENGER) is None
+
+
+def test_a_rolled_back_promotion_leaves_the_champion_history_as_it_was(tmp_path: Path) -> None:
+    from mlops.platform.models import CHAMPION_HISTORY, champion_history
+
+    uri, experiment = new_registry(tmp_path / "mlflow")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    old = register_version(tracking_uri=uri, experiment_id=experiment, name="m")
+    new = register_version(tracking_uri=uri, experiment_id=experiment, name="m", alias=CHALLENGER)
+
+    # no history before: none after the rollback (not an empty list)
+    with pytest.raises(RuntimeError, match=f"champion was v{new}"):
+        promote_then_fail(uri, "m", new)
+    assert CHAMPION_HISTORY not in (client.get_registered_model("m").tags or {})
+
+    # a history before: exactly that one after the rollback
+    client.set_registered_model_tag("m", CHAMPION_HISTORY, '["7"]')
+    with pytest.raises(RuntimeError, match=f"champion was v{new}"):
+        promote_then_fail(uri, "m", new)
+    assert client.get_registered_model("m").tags[CHAMPION_HISTORY] == '["7"]'
+
+    # a promotion that stays pushes the champion it replaced
+    @flow(name="promote-and-keep")
+    def promote_and_keep() -> None:
+        with transaction():
+            promote_version(client, "m", new)
+
+    promote_and_keep()
+    assert champion_history(client, name="m") == ["7", old]
