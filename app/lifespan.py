@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from app.deps import ServingState
 from app.metrics import ServingMetrics
 from mlops.features.online import build_online_store
+from mlops.monitoring.history import latest_per_model
 from mlops.serving.coalesce import CoalescingReader
 from mlops.serving.reloader import ModelSlot, Reloader
 from mlops.serving.request_log import RequestLog
@@ -49,6 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     request_log = RequestLog(settings.request_log)
     request_log.start()
     metrics.watch_request_log(request_log)
+    metrics.watch_monitoring(lambda: latest_per_model(request_log.engine))
     reloader = Reloader(
         settings=settings,
         client=client,
@@ -82,5 +84,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(reloader.stop)
         await anyio.to_thread.run_sync(request_log.close)
         metrics.watch_request_log(None)
+        metrics.watch_monitoring(None)
         await anyio.to_thread.run_sync(store.close)
         logger.info("serving stopped: request log flushed, online store closed")

@@ -15,6 +15,11 @@ process, as in tests, never share counters). ``GET /metrics`` renders it.
 ``mlops_online_store_errors_total``      failed reads by backend and error kind
 ``mlops_request_log_*``                  queue depth, spool size, written and dropped
                                          records (read from the log at scrape time)
+``mlops_model_drift_share``              the monitor flow's latest figures per model:
+``mlops_model_drifted_features``         drift share, drifted features, live accuracy,
+``mlops_model_live_accuracy``            rows judged and when (read from its
+``mlops_monitoring_window_rows``         ``monitoring_runs`` history, at most every 30 s)
+``mlops_monitoring_last_run_timestamp_seconds``
 ======================================  ===================================================
 
 Each worker process has its own registry: run one uvicorn worker per container and
@@ -23,8 +28,10 @@ scale containers, or scrape each worker.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +41,11 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from mlops.monitoring.history import MonitoringRun
     from mlops.serving import LoadedModel
     from mlops.serving.request_log import RequestLog
+
+logger = logging.getLogger(__name__)
 
 MODEL_VERSION_HEADER = b"x-model-version"
 UNMATCHED = "unmatched"
@@ -100,6 +110,79 @@ class _RequestLogCollector(Collector):
             "Request-log records lost because the spool was full.",
             value=log.dropped,
         )
+
+
+class _MonitoringCollector(Collector):
+    """The monitor flow's newest figures per model, for Prometheus alerts on drift.
+
+    The flow runs elsewhere and briefly; what it found stays in its history table, in
+    the request log's database, and the app (scraped anyway) exports the newest row of
+    each model. The table is read at most every ``ttl_s`` seconds; when the read fails
+    the last figures stay and ``mlops_monitoring_read_up`` is 0.
+    """
+
+    def __init__(self, ttl_s: float = 30.0) -> None:
+        self.source: Callable[[], list[MonitoringRun]] | None = None
+        self.ttl_s = ttl_s
+        self._runs: list[MonitoringRun] = []
+        self._read_at = -math.inf
+        self._read_ok = True
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        if source is None:
+            return
+        now = time.monotonic()
+        if now - self._read_at >= self.ttl_s:
+            self._read_at = now
+            try:
+                self._runs = source()
+                self._read_ok = True
+            except Exception as exc:  # a scrape must not fail on the history's database
+                self._read_ok = False
+                logger.warning("monitoring history unreadable for /metrics: %s", exc)
+        yield GaugeMetricFamily(
+            "mlops_monitoring_read_up",
+            "1 when the last read of the monitor's history succeeded.",
+            value=1.0 if self._read_ok else 0.0,
+        )
+        labels = ["model", "version"]
+        drift = GaugeMetricFamily(
+            "mlops_model_drift_share",
+            "Share of features the latest monitor run found drifted (absent when its "
+            "window was too small to judge).",
+            labels=labels,
+        )
+        drifted = GaugeMetricFamily(
+            "mlops_model_drifted_features",
+            "Features the latest monitor run found drifted.",
+            labels=labels,
+        )
+        accuracy = GaugeMetricFamily(
+            "mlops_model_live_accuracy",
+            "Live accuracy (feedback labels) in the latest monitor run's window.",
+            labels=labels,
+        )
+        rows = GaugeMetricFamily(
+            "mlops_monitoring_window_rows",
+            "Logged prediction rows in the latest monitor run's window.",
+            labels=labels,
+        )
+        last = GaugeMetricFamily(
+            "mlops_monitoring_last_run_timestamp_seconds",
+            "When the latest monitor run of the model finished (Unix time).",
+            labels=["model"],
+        )
+        for run in self._runs:
+            key = [run.model_name, run.model_version]
+            if run.drift_share is not None:
+                drift.add_metric(key, run.drift_share)
+                drifted.add_metric(key, len(run.drifted_features))
+            if run.live_accuracy is not None:
+                accuracy.add_metric(key, run.live_accuracy)
+            rows.add_metric(key, run.n_rows)
+            last.add_metric([run.model_name], run.created_at.timestamp())
+        yield from (drift, drifted, accuracy, rows, last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +253,8 @@ class ServingMetrics:
         )
         self._request_log = _RequestLogCollector()
         self.registry.register(self._request_log)
+        self._monitoring = _MonitoringCollector()
+        self.registry.register(self._monitoring)
         self._served: tuple[str, str] | None = None
         self._versions: dict[str, VersionMetrics] = {}
         # Label children by their label values: prometheus_client's labels() takes a lock
@@ -205,6 +290,10 @@ class ServingMetrics:
     def watch_request_log(self, log: RequestLog | None) -> None:
         """Report ``log``'s queue, spool and counters at each scrape."""
         self._request_log.log = log
+
+    def watch_monitoring(self, source: Callable[[], list[MonitoringRun]] | None) -> None:
+        """Export the monitor's newest figures per model, read with ``source``."""
+        self._monitoring.source = source
 
     def model_loaded(self, model: LoadedModel) -> None:
         self.model_loads.labels("loaded").inc()

@@ -96,5 +96,8 @@ async def feedback(
 )
 async def metrics(metrics: MetricsDep) -> Response:
     """Requests, latency, predictions by class, model loads and refusals, online-store
-    latency and errors, request-log queue and spool."""
-    return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    latency and errors, request-log queue and spool, the monitor's latest drift share and
+    live accuracy per model. Rendered in the thread pool: the monitor's figures are read
+    from a database, which must never hold up the event loop."""
+    content = await anyio.to_thread.run_sync(metrics.render)
+    return Response(content=content, media_type=CONTENT_TYPE_LATEST)

@@ -99,10 +99,29 @@ def recent_runs(
         query = query.where(monitoring_runs.c.model_name == model_name)
     with engine.connect() as conn:
         rows = conn.execute(query.limit(limit)).mappings().all()
-    runs = []
-    for row in rows:
-        values = {name: row[name] for name in _FIELDS}
-        for name in _TIMES:
-            values[name] = as_utc(values[name])
-        runs.append(MonitoringRun(**values))
-    return runs
+    return [_run(row) for row in rows]
+
+
+def _run(row: sa.RowMapping) -> MonitoringRun:
+    values = {name: row[name] for name in _FIELDS}
+    for name in _TIMES:
+        values[name] = as_utc(values[name])
+    return MonitoringRun(**values)
+
+
+def latest_per_model(engine: sa.Engine) -> list[MonitoringRun]:
+    """The newest run of each model (one query), ordered by model name: what the app
+    exports to Prometheus as the current drift share and live accuracy."""
+    newest = (
+        sa.select(monitoring_runs.c.model_name, sa.func.max(monitoring_runs.c.id).label("id"))
+        .group_by(monitoring_runs.c.model_name)
+        .subquery()
+    )
+    query = (
+        sa.select(monitoring_runs)
+        .join(newest, monitoring_runs.c.id == newest.c.id)
+        .order_by(monitoring_runs.c.model_name)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [_run(row) for row in rows]

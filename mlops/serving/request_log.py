@@ -777,6 +777,11 @@ class RequestLog:
         if engine is not None:
             engine.dispose()
 
+    @property
+    def engine(self) -> sa.Engine:
+        """The log's database (schema migrated), for readers of its other tables."""
+        return self._ready_engine()
+
     def _ready_engine(self) -> sa.Engine:
         """The engine, the schema migrated first (once per process and log)."""
         engine = self._get_engine()

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import hypothesis
@@ -39,6 +40,7 @@ from pydantic import SecretStr
 from app.main import create_app
 from mlops.errors import IntegrityError, NoChampionError
 from mlops.features.online import build_online_store
+from mlops.monitoring.history import MonitoringRun, history_engine, record_run
 from mlops.serving import load_model
 from mlops.settings import (
     MlflowSettings,
@@ -684,6 +686,45 @@ def test_metrics_count_requests_predictions_loads_and_store_reads(
     assert metric(text, "mlops_model_info", name=MODEL, version=v) == 1
     assert metric(text, "mlops_online_store_read_seconds_count", backend="sqlite") == 2
     assert "mlops_request_log_queue_depth" in text
+
+
+def test_metrics_export_the_monitors_latest_figures_per_model(settings: Settings) -> None:
+    """The monitor flow's newest run of each model, from its history in the request
+    log's database (Postgres in production; SQLite here, the same table)."""
+    assert settings.request_log.url is not None
+    engine = history_engine(settings.request_log.url)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    for version, share, accuracy in (("1", 0.1, None), ("2", 0.6, 0.93)):
+        record_run(
+            engine,
+            MonitoringRun(
+                model_name=MODEL,
+                model_version=version,
+                window_start=start,
+                window_end=start + timedelta(hours=1),
+                n_rows=400,
+                drift_share=share,
+                drifted_features=["amount", "distance_km"][: int(share * 4)],
+                per_feature={},
+                live_accuracy=accuracy,
+                n_labelled=0 if accuracy is None else 50,
+            ),
+        )
+    record_run(  # another model whose window was too small to judge drift
+        engine,
+        MonitoringRun("other", "7", start, start, 3, None, [], {}, None, 0),
+    )
+    engine.dispose()
+    with TestClient(create_app(settings)) as client:
+        text = client.get("/metrics").text
+    assert metric(text, "mlops_monitoring_read_up") == 1
+    assert metric(text, "mlops_model_drift_share", model=MODEL, version="2") == 0.6
+    assert metric(text, "mlops_model_drift_share", model=MODEL, version="1") == 0  # not newest
+    assert metric(text, "mlops_model_drifted_features", model=MODEL, version="2") == 2
+    assert metric(text, "mlops_model_live_accuracy", model=MODEL, version="2") == 0.93
+    assert metric(text, "mlops_monitoring_window_rows", model="other", version="7") == 3
+    assert 'mlops_model_drift_share{model="other"' not in text
+    assert metric(text, "mlops_monitoring_last_run_timestamp_seconds", model="other") > 0
 
 
 def test_online_store_errors_are_counted(tmp_path: Path, registry: Registry) -> None:
