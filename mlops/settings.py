@@ -196,6 +196,29 @@ class TrainingSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    """The Streamlit console: its login and how often live pages refresh."""
+
+    password: SecretStr = Field(
+        default=SecretStr("change-me"),
+        description="password of the console's login (viewing); the management token "
+        "(MLOPS_SERVING__API_TOKEN) also logs in and unlocks the buttons that change state. "
+        "A placeholder outside development: the console refuses to start",
+    )
+    refresh_s: float = Field(
+        default=2.0, ge=0.5, description="seconds between refreshes of live views (training)"
+    )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="where links to MLflow runs point; default: the tracking URI when it is "
+        "an http(s) server",
+    )
+    prefect_ui_url: str | None = Field(
+        default=None,
+        description="where links to flow runs point; default: the Prefect API URL without /api",
+    )
+
+
 class Settings(BaseSettings):
     """The platform's settings root (env prefix ``MLOPS_``, nested delimiter ``__``)."""
 
@@ -221,6 +244,7 @@ class Settings(BaseSettings):
     orchestration: OrchestrationSettings = OrchestrationSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     training: TrainingSettings = TrainingSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="after")
     def _resolve_defaults(self) -> Settings:

@@ -10,8 +10,8 @@ Deployments are named ``<flow>/<name>`` (DESIGN.md): ``materialize/<view>``,
 ``train/<model>``, ``evaluate/<model>``, ``retrain/<model>``, ``monitor/<model>``.
 
 Progress: a flow publishes a Prefect progress artifact (``create_progress_artifact``,
-for example ``train-progress-<model>``); :func:`flow_run_status` reports the most recently
-updated one of the run, and 100 once the run has completed.
+for example ``train-<model>-progress``, dashes for underscores); :func:`flow_run_status`
+reports the most recently updated one of the run, and 100 once the run has completed.
 
 Pausing is Prefect's deployment pause (the UI's toggle): the scheduler stops creating
 runs and deletes the runs it had already scheduled; each schedule keeps its own

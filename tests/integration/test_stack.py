@@ -30,6 +30,7 @@ from mlops.stack.state import is_alive, read_state
 from tests._stack import STARTUP_S, Up, launch, shutdown, wait_healthy
 from tests.conftest import PG_SERVER
 from tests.integration._registry import register_version
+from ui.auth import login_state
 
 pytestmark = pytest.mark.integration
 
@@ -143,15 +144,23 @@ def test_up_runs_the_platform_on_embedded_defaults_and_stops_cleanly(
     )
     assert list((up.home / "mlartifacts").rglob("model.onnx")), "artifacts not served"
 
+    login = login_state(settings.serving.api_token.get_secret_value(), settings)
     page = AppTest.from_file(str(ROOT / "ui" / "pages" / "models.py"), default_timeout=60)
+    for key, value in login.items():
+        page.session_state[key] = value
     page.run()
     assert not page.exception and not page.error
     table = page.dataframe[0].value
     row = table[table["model"] == "fraud_detector"].iloc[0]
     assert (int(row["version"]), row["aliases"]) == (int(version), "challenger")
 
+    page = AppTest.from_file(str(ROOT / "ui" / "pages" / "training.py"), default_timeout=60)
+    for key, value in login.items():
+        page.session_state[key] = value
+    page.run()
+    assert not page.exception and not page.error
     page.number_input[0].set_value(1)  # epochs
-    page.button[0].click().run()
+    page.button(key="FormSubmitter:train-Start training").click().run()
     assert not page.error, page.error[0].value if page.error else ""
     message = page.success[0].value
     run_id = message.split("flow run ")[1].split(" ")[0]
