@@ -233,22 +233,13 @@ def import_events(
     Example: `mlops import-events transactions.csv`
     """
     settings = _settings()
-    from mlops.data.generate import write_events
-    from mlops.features.definition import Source
-    from mlops.features.source import read_events
-    from mlops.specs import get_spec
+    from mlops.data.events import import_events as import_file
 
     try:
-        spec = get_spec(model, settings)
-        columns = list(
-            dict.fromkeys([c for v in spec.views for c in v.source_columns] + [spec.label])
-        )
-        frame = read_events(Source.from_path(path), columns=columns, timestamp=spec.timestamp)
-        target = Path(str(spec.labels.path))
-        write_events(frame, target)
+        imported = import_file(settings, path, model)
     except MlopsError as exc:
         raise fail(exc) from exc
-    console.print(f"imported {len(frame):,} events from {path} into {target}")
+    console.print(f"imported {imported.rows:,} events from {path} into {imported.target}")
 
 
 @app.command("materialize")

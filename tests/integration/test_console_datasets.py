@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlops.data.generate import generate_transactions
 from mlops.datasets import DatasetVersion, dataset_file, list_datasets, open_catalog
 from mlops.settings import Settings
+from mlops.specs import transactions_path
 from tests.integration._console import (
     PASSWORD,
     TOKEN,
@@ -138,3 +140,34 @@ def test_viewers_cannot_add_a_dataset(settings: Settings) -> None:
     assert submit.proto.disabled
     assert any("needs the management token" in c for c in texts(at.caption))
     assert catalog_records(settings) == []
+
+
+def test_an_uploaded_event_file_becomes_the_models_events(settings: Settings) -> None:
+    """Upload → "use as the events of fraud_detector": the file the views materialize
+    from now holds those events; a file without the views' columns is refused and the
+    events already there stay."""
+    events = generate_transactions(n_entities=20, days=3, seed=1)
+    upload = io.StringIO()
+    events.to_csv(upload, index=False)
+    at = console("datasets", secret=TOKEN).run()
+    at.file_uploader[0].upload("transactions.csv", upload.getvalue().encode(), "text/csv").run()
+    at.button(key="FormSubmitter:add_dataset-Validate and add").click().run()
+    assert not at.error, texts(at.error)
+
+    at.button(key="FormSubmitter:use_as_events-Use transactions@1 as its events").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    target = Path(transactions_path(settings))
+    assert f"{len(events):,} events of transactions@1" in at.success[-1].value
+    stored = pd.read_parquet(target)
+    assert len(stored) == len(events)
+    assert stored["amount"].sum() == pytest.approx(events["amount"].sum())
+
+    # labels only (no amount, distance...): refused, the events stay
+    at.file_uploader[0].upload("labels.csv", GOOD.encode(), "text/csv").run()
+    at.button(key="FormSubmitter:add_dataset-Validate and add").click().run()
+    chooser = next(s for s in at.selectbox if s.label == "Schema and preview of")
+    chooser.set_value("labels@1").run()
+    at.button(key="FormSubmitter:use_as_events-Use labels@1 as its events").click().run()
+    (message,) = texts(at.error)
+    assert "labels@1 cannot be the events of fraud_detector" in message
+    assert len(pd.read_parquet(target)) == len(events)

@@ -10,7 +10,9 @@ removed when another file is chosen or the dataset is added (under
 
 Below: every live version with its rows, time range and schema, a preview of its first
 rows and its rows per day. A registered dataset can label a training run
-(``labels_dataset`` on the Training page).
+(``labels_dataset`` on the Training page), or become the events a model's feature views
+are materialized from (:func:`mlops.data.events.import_events`, as ``mlops
+import-events``): the path from an upload to a trained model without a terminal.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import pyarrow.parquet as pq
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from mlops.data.events import import_events
 from mlops.datasets import DatasetVersion, add_dataset, dataset_file, list_datasets, open_catalog
 from mlops.datasets.validate import columns_of, source_format
-from mlops.errors import DataError
+from mlops.errors import DataError, MlopsError
 from mlops.settings import Settings
+from mlops.specs import SPECS
 from ui.auth import can_change_state, require_write
 from ui.common import BACKEND_ERRORS, ago, settings, show_error, when
 
@@ -296,6 +300,35 @@ def render_versions(cfg: Settings) -> None:
     chosen = st.selectbox("Schema and preview of", labels)
     record = next(r for r in records if f"{r.name}@{r.version}" == chosen)
     render_version(cfg, record)
+    render_use_as_events(cfg, record)
+
+
+def render_use_as_events(cfg: Settings, record: DatasetVersion) -> None:
+    """Make this version the events of a model's feature views (then materialize them on
+    the Features page and train on the Training page)."""
+    st.subheader("Use as a model's events")
+    with st.form("use_as_events"):
+        model = st.selectbox("model", sorted(SPECS), help="its feature views and labels")
+        submitted = st.form_submit_button(
+            f"Use {record.name}@{record.version} as its events",
+            disabled=not can_change_state(),
+        )
+    if not submitted or not require_write(f"use {record.name} as the events of {model}"):
+        return
+    try:
+        with st.spinner("Checking and writing the events..."):
+            imported = import_events(cfg, dataset_file(cfg, record), str(model))
+    except MlopsError as exc:
+        show_error(
+            f"{record.name}@{record.version} cannot be the events of {model}",
+            exc,
+            "The file needs every column the model's feature views and label read.",
+        )
+        return
+    st.success(
+        f"{imported.rows:,} events of {record.name}@{record.version} are now the source of "
+        f"{model}'s feature views ({imported.target}): materialize them on the Features page."
+    )
 
 
 def render() -> None:
