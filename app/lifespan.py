@@ -85,5 +85,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(request_log.close)
         metrics.watch_request_log(None)
         metrics.watch_monitoring(None)
+        aclose = getattr(store, "aclose", None)
+        if aclose is not None:  # the asyncio client of entity reads, on this loop
+            await aclose()
         await anyio.to_thread.run_sync(store.close)
         logger.info("serving stopped: request log flushed, online store closed")

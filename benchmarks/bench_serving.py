@@ -121,6 +121,8 @@ class Result:
     outside_share: float | None = None
     inference_us: float | None = None
     request_us: float | None = None
+    cpu_us: float | None = None
+    """CPU time of the server's processes per request during the timed run (all cores)."""
     problem: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -352,7 +354,11 @@ def run_case(
                 wrk.run, base, script, connections=args.connections, threads=args.threads
             )
             load(duration_s=args.warmup)  # not kept
+            cpu_before = servers.cpu_seconds(server.port)
             result.load = load(duration_s=args.duration)
+            cpu = servers.cpu_seconds(server.port) - cpu_before
+            if result.load.requests:
+                result.cpu_us = cpu / result.load.requests * 1e6
             if case.engine == "ours":
                 read_metrics(base, result)
     except (servers.ServerError, RuntimeError, httpx.HTTPError) as exc:
@@ -513,15 +519,28 @@ def report(
                 cell(load.p50_ms if load else math.nan, ".2f"),
                 cell(load.p99_ms if load else math.nan, ".2f"),
                 str(load.errors) if load else "n/a",
+                cell(math.nan if r.cpu_us is None else r.cpu_us, ",.0f"),
                 _share(r.outside_share) if r.case.engine == "ours" else "-",
             ]
         )
-    header = ["engine", "request", "req/s", "rows/s", "p50 ms", "p99 ms", "errors", "outside run"]
+    header = [
+        "engine",
+        "request",
+        "req/s",
+        "rows/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "CPU us/req",
+        "outside run",
+    ]
     print()
     print(
         f"serving, uvicorn workers {workers}: wrk -c {connections} -t {threads} (closed loop; "
         f"wrk's percentiles, corrected for coordinated omission), {duration:g} s per run; "
-        "errors = non-2xx answers + socket errors; outside run = share of the app's /predict "
+        "errors = non-2xx answers + socket errors; CPU us/req = the server's processes' CPU "
+        "time per request in the timed run (steadier than req/s on a shared machine); "
+        "outside run = share of the app's /predict "
         "time outside InferenceSession.run (GET /metrics)"
     )
     print(format_table(header, rows, left=2))

@@ -44,9 +44,9 @@ T = TypeVar("T")
 PathName = Annotated[
     str,
     PathParam(
-        pattern=r"^[A-Za-z0-9_.\- ]{1,256}$",
+        pattern=r"^[A-Za-z0-9_.\-]([A-Za-z0-9_.\- ]{0,254}[A-Za-z0-9_.\-])?$",
         description="A flow, deployment, model or experiment name: letters, digits, "
-        "'_', '.', '-' and spaces.",
+        "'_', '.', '-' and spaces (not at either end).",
     ),
 ]
 

@@ -162,6 +162,28 @@ def running(server: Server, *, timeout_s: float = 120.0) -> Iterator[str]:
             stop(proc)
 
 
+def cpu_seconds(port: int) -> float:
+    """CPU time (user + system) used so far by the server listening on ``port``: every
+    process of its session (uvicorn's supervisor and workers, gunicorn's), read from
+    /proc. The session is found by the server's command line naming the port."""
+    tick = os.sysconf("SC_CLK_TCK")
+    sessions = set()
+    stats: list[list[str]] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats.append(fields)
+        if str(port).encode() in cmdline:
+            sessions.add(fields[3])  # the session id (start_new_session: the server's pid)
+    # fields after the name: state ppid pgrp session ... utime(11) stime(12)
+    return sum(int(f[11]) + int(f[12]) for f in stats if f[3] in sessions) / tick
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the process group, then SIGKILL after a grace period."""
     for sig, wait_s in ((signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, 5.0)):

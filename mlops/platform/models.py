@@ -105,6 +105,8 @@ def _registered_model(client: MlflowClient, name: str) -> RegisteredModel:
     except MlflowException as exc:
         if exc.error_code in _NOT_FOUND:
             raise NotFoundError("model", name, "train one with the train flow") from exc
+        if exc.error_code == "INVALID_PARAMETER_VALUE":
+            raise InvalidRequestError(f"model name {name!r}: {exc.message}") from exc
         raise
 
 

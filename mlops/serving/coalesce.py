@@ -2,17 +2,19 @@
 
 Each request awaits :meth:`CoalescingReader.read`; while one store read is in flight,
 the lookups that arrive wait for it to finish and then go out together in the next one
-(one ``read_many`` in the thread pool for all of them). Under load that is one thread
-hop and one Redis round trip for many requests instead of one each (16 threads taking
-turns at the GIL around redis-py otherwise cost more than the reads); when idle, a
-lookup goes out at once, alone. An error of a shared read (the store unreachable) is
-every waiting request's error. Must be used from one event loop.
+(one ``read_many`` for all of them: on the event loop itself when the store has an
+asyncio client, ``read_many_async`` (Redis), else in the thread pool). Under load that
+is one Redis round trip for many requests instead of one each; read on the loop, no
+thread waits for the GIL between Redis's reply and its parsing while the loop serves
+other requests (in the thread pool that wait was most of an entity lookup's time under
+load). When idle, a lookup goes out at once, alone. An error of a shared read (the
+store unreachable) is every waiting request's error. Must be used from one event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio.to_thread
 
@@ -24,19 +26,26 @@ Rows = dict[str, Mapping[str, OnlineRow | None]]
 class CoalescingReader:
     """``read_many`` for concurrent callers, batched while a read is in flight."""
 
-    def __init__(self, store: OnlineStore, *, max_keys: int = 5_000) -> None:
+    def __init__(
+        self, store: OnlineStore, *, max_keys: int = 5_000, max_in_flight: int = 1
+    ) -> None:
         self.store = store
         self.max_keys = max_keys
+        self.max_in_flight = max_in_flight
         self._waiting: list[tuple[Mapping[str, Sequence[str]], asyncio.Future[Rows]]] = []
-        self._draining = False
+        self._draining = 0
         self.reads = 0  # store reads made (for tests and metrics)
+        # A store with an asyncio client (Redis) is read on the loop itself.
+        self._read_async: Callable[[dict[str, list[str]]], Awaitable[Rows]] | None = getattr(
+            store, "read_many_async", None
+        )
 
     async def read(self, requests: Mapping[str, Sequence[str]]) -> Rows:
         """``{view: keys}`` → ``{view: {key: row or None}}``, as :meth:`OnlineStore.read_many`."""
         future: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
         self._waiting.append((requests, future))
-        if not self._draining:
-            self._draining = True
+        if self._draining < self.max_in_flight:
+            self._draining += 1
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
@@ -48,11 +57,13 @@ class CoalescingReader:
                 for requests, _ in batch:
                     for view, keys in requests.items():
                         merged.setdefault(view, {}).update(dict.fromkeys(keys))
+                wanted = {view: list(keys) for view, keys in merged.items()}
                 try:
                     self.reads += 1
-                    rows = await anyio.to_thread.run_sync(
-                        self.store.read_many, {view: list(keys) for view, keys in merged.items()}
-                    )
+                    if self._read_async is not None:
+                        rows = await self._read_async(wanted)
+                    else:
+                        rows = await anyio.to_thread.run_sync(self.store.read_many, wanted)
                 except Exception as exc:  # every waiter gets the shared read's error
                     for _, future in batch:
                         if not future.done():
@@ -62,7 +73,7 @@ class CoalescingReader:
                     if not future.done():
                         future.set_result(rows)
         finally:
-            self._draining = False
+            self._draining -= 1
 
     def _take(self) -> list[tuple[Mapping[str, Sequence[str]], asyncio.Future[Rows]]]:
         """The waiting lookups of the next read: all of them, up to ``max_keys`` keys

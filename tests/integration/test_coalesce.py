@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -122,3 +124,68 @@ def test_reads_from_redis_match_a_direct_read() -> None:
     finally:
         store.teardown(VIEW)
         store.close()
+
+
+def test_redis_is_read_on_the_loop_in_each_event_loop_it_meets() -> None:
+    """The asyncio client belongs to the loop it was made on: a second loop (a second
+    app in one process, as in tests) gets its own, and both read what the sync client
+    reads."""
+    store = RedisOnlineStore(REDIS_URL, key_prefix=f"test-coalesce-{uuid.uuid4().hex}")
+    try:
+        write_features(store, CARDS)
+        direct = store.read_many({VIEW: list(CARDS)})
+
+        async def run() -> dict[str, Mapping[str, OnlineRow | None]]:
+            reader = CoalescingReader(store)
+            rows = await reader.read({VIEW: list(CARDS)})
+            await store.aclose()
+            return rows
+
+        for _ in range(2):
+            assert asyncio.run(run())[VIEW] == direct[VIEW]
+    finally:
+        store.teardown(VIEW)
+        store.close()
+
+
+def test_a_silent_redis_fails_the_lookups_after_the_socket_timeout() -> None:
+    """A server that accepts connections and never answers: the asyncio read gives up
+    after the socket timeout (and its one retry) like the sync one, naming the store."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        store = RedisOnlineStore(url, socket_timeout_s=0.2)
+        reader = CoalescingReader(store)
+
+        async def run() -> list[BaseException | object]:
+            tasks = [asyncio.create_task(reader.read({VIEW: [f"k{i}"]})) for i in range(3)]
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+        started = time.perf_counter()
+        results = asyncio.run(run())
+        assert time.perf_counter() - started < 2.0
+        store.close()
+    assert all(isinstance(r, StoreUnavailableError) for r in results), results
+    assert url in str(results[0])
+
+
+def test_max_in_flight_lets_that_many_reads_overlap(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path / "online.db")
+    write_features(store, CARDS)
+    # one lookup per read: otherwise the first read takes every waiting lookup
+    reader = CoalescingReader(store, max_keys=1, max_in_flight=2)
+
+    async def run() -> list[dict[str, Mapping[str, OnlineRow | None]]]:
+        tasks = [asyncio.create_task(reader.read({VIEW: [k]})) for k in list(CARDS)[:6]]
+        await asyncio.sleep(0.1)  # two reads at the gate, four lookups waiting behind
+        in_flight = len(store.batches)
+        store.gate.set()
+        answers = await asyncio.gather(*tasks)
+        assert in_flight == 2
+        return answers
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        store.close()
+    assert [list(a[VIEW]) for a in answers] == [[k] for k in list(CARDS)[:6]]
+    assert [len(b[VIEW]) for b in store.batches] == [1] * 6

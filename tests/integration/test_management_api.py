@@ -425,3 +425,11 @@ def test_a_flow_run_started_through_the_api_completes(
         assert view["online_version"] == view["version"]
         assert view["freshness"] in ("fresh", "stale")
         assert view["versions"][0]["current"] is True
+
+
+def test_blank_or_padded_names_are_422_not_a_registry_error(api: TestClient) -> None:
+    """MLflow strips names: " " would reach it as no name at all (a 500 before)."""
+    for path in ("/models/%20/versions", "/models/%20fraud/versions", "/models/fraud%20/versions"):
+        answer = api.get(path, headers=AUTH)
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["detail"][0]["loc"] == ["path", "name"]

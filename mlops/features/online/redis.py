@@ -27,16 +27,20 @@ replica set behind one endpoint), not Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -163,6 +167,17 @@ def connect(url: str, *, socket_timeout_s: float = 2.0) -> redis.Redis:
     )
 
 
+def connect_async(url: str, *, socket_timeout_s: float = 2.0) -> redis.asyncio.Redis:
+    """:func:`connect`'s settings on redis-py's asyncio client (one per event loop)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Fetched:
     """A parsed read reply: per key ``(event_ts_us, version, names, offset)`` or ``None``,
@@ -202,6 +217,10 @@ class RedisOnlineStore:
         self._client = connect(url, socket_timeout_s=socket_timeout_s)
         self._write = self._client.register_script(_WRITE_LUA)
         self._read = self._client.register_script(_READ_LUA)
+        self._raw_url = url
+        self._socket_timeout_s = socket_timeout_s
+        # redis.asyncio's client of read_many_async, bound to the loop it was made on
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis, Any] | None = None
         # Decoded feature-name layouts and versions, by their bytes (a view has few).
         self._layouts: dict[bytes, tuple[str, ...]] = {}
         self._versions: dict[bytes, str] = {}
@@ -274,16 +293,37 @@ class RedisOnlineStore:
         if not keys:
             return _Fetched(heads=[], values=np.empty(0, dtype=_F8), layouts=0)
         with self._errors(operation):
-            if len(keys) <= _READ_CHUNK:
-                heads, packed = self._read(keys=keys)
-            else:
-                replies = [
-                    self._read(keys=keys[start : start + _READ_CHUNK])
-                    for start in range(0, len(keys), _READ_CHUNK)
-                ]
-                # A chunk's first found row always names its layout, so heads just join.
-                heads = _HEAD_SEP.join(reply[0] for reply in replies)
-                packed = b"".join(reply[1] for reply in replies)
+            replies = [
+                self._read(keys=keys[start : start + _READ_CHUNK])
+                for start in range(0, len(keys), _READ_CHUNK)
+            ]
+        return self._parse(replies, len(keys), operation)
+
+    async def _fetch_async(self, keys: list[str], operation: str) -> _Fetched:
+        """:meth:`_fetch` through the asyncio client, on the running loop."""
+        if not keys:
+            return _Fetched(heads=[], values=np.empty(0, dtype=_F8), layouts=0)
+        read = self._async_read()
+        with self._errors(operation):
+            replies = [
+                await read(keys=keys[start : start + _READ_CHUNK])
+                for start in range(0, len(keys), _READ_CHUNK)
+            ]
+        return self._parse(replies, len(keys), operation)
+
+    def _async_read(self) -> Any:
+        """The read script on this event loop's asyncio client (made on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = connect_async(self._raw_url, socket_timeout_s=self._socket_timeout_s)
+            self._async = (loop, client, client.register_script(_READ_LUA))
+        return self._async[2]
+
+    def _parse(self, replies: list[list[bytes]], n_keys: int, operation: str) -> _Fetched:
+        """The read script's replies (one per chunk of ``n_keys`` keys), parsed."""
+        # A chunk's first found row always names its layout, so heads just join.
+        heads = _HEAD_SEP.join(reply[0] for reply in replies)
+        packed = b"".join(reply[1] for reply in replies)
         try:
             values = np.frombuffer(packed, dtype=_F8)
             parts = heads.split(_HEAD_SEP)
@@ -302,7 +342,7 @@ class RedisOnlineStore:
                     layouts += 1
                 out.append((int(ts), self._version(version), names, offset))
                 offset += len(names)
-            if offset != len(values) or len(out) != len(keys):
+            if offset != len(values) or len(out) != n_keys:
                 raise ValueError(f"{len(out)} heads and {len(values) - offset} values left")
         except ValueError as exc:
             raise FeatureStoreError(
@@ -333,6 +373,25 @@ class RedisOnlineStore:
         """Rows for several views' keys in one round trip (one script call)."""
         return self._rows(requests, f"read_many(views={list(requests)!r})")
 
+    async def read_many_async(
+        self, requests: Mapping[str, Sequence[str]]
+    ) -> dict[str, Mapping[str, OnlineRow | None]]:
+        """:meth:`read_many` on the running event loop (redis.asyncio), for the app: no
+        thread hop, so no wait for the GIL between Redis's reply and its parsing while
+        the loop is busy with other requests."""
+        wanted = {view: list(dict.fromkeys(keys)) for view, keys in requests.items()}
+        keys = [self._key(view, key) for view, keys in wanted.items() for key in keys]
+        operation = f"read_many(views={list(requests)!r})"
+        return self._rows_of(wanted, await self._fetch_async(keys, operation))
+
+    async def aclose(self) -> None:
+        """Disconnect the asyncio client of :meth:`read_many_async` (on its loop)."""
+        if self._async is not None:
+            loop, client, _ = self._async
+            self._async = None
+            if loop is asyncio.get_running_loop():
+                await client.aclose()
+
     def _rows(
         self, requests: Mapping[str, Sequence[str]], operation: str
     ) -> dict[str, Mapping[str, OnlineRow | None]]:
@@ -340,6 +399,11 @@ class RedisOnlineStore:
         fetched = self._fetch(
             [self._key(view, key) for view, keys in wanted.items() for key in keys], operation
         )
+        return self._rows_of(wanted, fetched)
+
+    def _rows_of(
+        self, wanted: dict[str, list[str]], fetched: _Fetched
+    ) -> dict[str, Mapping[str, OnlineRow | None]]:
         flat = fetched.values.tolist()
         heads = iter(fetched.heads)
         out: dict[str, Mapping[str, OnlineRow | None]] = {}
