@@ -46,3 +46,11 @@ unit: install ## Unit tests only
 
 clean: ## Remove the demo state (./.mlops) and caches; keeps .venv
 	rm -rf .mlops .pytest_cache .mypy_cache .ruff_cache .coverage
+
+.PHONY: up down
+up: ## Start the production stack (docker compose; .env with new secrets the first time)
+	@test -f .env || sh infra/init-env.sh
+	docker compose up -d --build --wait --wait-timeout 600
+
+down: ## Stop the production stack (volumes kept: `docker compose down -v` deletes the data)
+	docker compose down
