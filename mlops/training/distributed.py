@@ -43,6 +43,8 @@ CONFIG_FILE = "job.json"
 HISTORY_FILE = "history.jsonl"
 MODEL_FILE = "model.pt"
 LOG_FILE = "torchrun.log"
+DONE_FILE = "done"
+"""Written by rank 0 once every rank has trained and the model is saved (after a barrier)."""
 
 
 def torchrun_command(nproc: int, job_dir: Path, python: str | None = None) -> list[str]:
@@ -110,7 +112,15 @@ def train_distributed(
                         proc.kill()
                         proc.wait()
         if proc.returncode != 0:
-            raise _worker_failure(job, proc.returncode)
+            if not _finished(job):
+                raise _worker_failure(job, proc.returncode)
+            # every rank passed the final barrier and the model is saved: what failed is
+            # the process group's teardown, which changes nothing in the result
+            logger.warning(
+                "torchrun exited with code %d after every rank finished training and the "
+                "model was saved (a process-group teardown failure); using the model",
+                proc.returncode,
+            )
         state = torch.load(job / MODEL_FILE, map_location="cpu", weights_only=True)
     preprocess = Preprocess(
         state["preprocess.log_mask"].numpy(),
@@ -141,6 +151,15 @@ def _read_history(
         if on_epoch is not None:
             on_epoch(record)
     return offset + len(complete)
+
+
+def _finished(job: Path) -> bool:
+    """Every rank trained to the end and rank 0 saved the model; no rank reported an error."""
+    return (
+        (job / DONE_FILE).exists()
+        and (job / MODEL_FILE).exists()
+        and not any(job.glob("error-rank*.json"))
+    )
 
 
 def _worker_failure(job: Path, returncode: int) -> TrainingError:
@@ -212,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             partial = job / f"{MODEL_FILE}.partial"
             torch.save(model.state_dict(), partial)
             partial.replace(job / MODEL_FILE)
+        # Every rank tears the group down together: a rank that destroys its gloo context
+        # while a peer's last collective is still in flight can abort (SIGABRT,
+        # "terminate called without an active exception"), failing a finished training.
+        dist.barrier()
+        if rank == 0:
+            (job / DONE_FILE).write_text("ok\n")
     except BaseException as exc:
         (job / f"error-rank{rank}.json").write_text(
             json.dumps({"rank": rank, "type": type(exc).__name__, "message": str(exc)})

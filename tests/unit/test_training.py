@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -293,3 +294,19 @@ def test_time_split_keeps_ties_at_a_boundary_together() -> None:
     assert len(s.train.frame) == 110
     assert (s.validation.frame["ts"] == t0 + pd.Timedelta(hours=5)).sum() == 60
     assert len(s.train.frame) + len(s.validation.frame) + len(s.holdout.frame) == 200
+
+
+def test_a_data_parallel_job_counts_as_finished_only_past_the_final_barrier(
+    tmp_path: Path,
+) -> None:
+    """torchrun's non-zero exit after every rank passed the barrier and rank 0 saved the
+    model (a gloo teardown abort) keeps the model; any other failure does not."""
+    from mlops.training.distributed import DONE_FILE, MODEL_FILE, _finished
+
+    assert not _finished(tmp_path)
+    (tmp_path / MODEL_FILE).write_bytes(b"weights")
+    assert not _finished(tmp_path)  # saved, but a rank may not have finished
+    (tmp_path / DONE_FILE).write_text("ok\n")
+    assert _finished(tmp_path)
+    (tmp_path / "error-rank1.json").write_text('{"rank": 1}')
+    assert not _finished(tmp_path)
