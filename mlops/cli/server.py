@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from mlops.errors import MlopsError
+from mlops.processes import terminate
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,12 +69,7 @@ def running_app(
                 time.sleep(0.25)
             yield base
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, timeout_s=15)
 
 
 def _ready(base: str) -> bool:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mlops.errors import TrainingError
+from mlops.processes import terminate
 from mlops.training.device import pick_device
 from mlops.training.loop import EpochCallback
 from mlops.training.model import MLPClassifier, Preprocess, TrainConfig
@@ -104,13 +105,7 @@ def train_distributed(
                         break
                     time.sleep(poll_seconds)
             finally:
-                if proc.poll() is None:  # interrupted (cancelled flow run, Ctrl-C)
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                terminate(proc, timeout_s=30)  # still running: interrupted (cancel, Ctrl-C)
         if proc.returncode != 0:
             if not _finished(job):
                 raise _worker_failure(job, proc.returncode)

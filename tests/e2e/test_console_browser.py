@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from mlops.cli.server import free_port
+from mlops.processes import terminate
 from mlops.registry import configure_mlflow
 from mlops.settings import Settings
 from tests.integration._registry import register_version
@@ -132,13 +133,7 @@ def wait_for(check: Any, timeout_s: float, what: str) -> Any:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    terminate(process, timeout_s=20)
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from mlops.lifecycle import (
     runs_to_terminate,
     terminated_by,
 )
+from mlops.processes import terminate
 from mlops.registry import configure_mlflow, mlflow_client
 from mlops.settings import Settings
 from mlops.tags import RunTags
@@ -115,12 +116,7 @@ class Runner:
         pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; runner log:\n{self}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process, timeout_s=30)
 
     def __str__(self) -> str:
         return self.log.read_text(errors="replace")[-20000:]

@@ -28,6 +28,7 @@ from deployments.agreement import summarize_api, summarize_code
 from deployments.pools import GPU_POOL_ENV, ensure_pools, gpu_limit_name, job_template
 from mlops.cli.main import app
 from mlops.events import MODEL_DRIFT_DETECTED, MODEL_PERFORMANCE_DEGRADED, emit, model_resource
+from mlops.processes import terminate
 from mlops.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
@@ -242,12 +243,7 @@ def prefect_server_with_services(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             time.sleep(0.2)
         yield url, log_path
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        terminate(server, timeout_s=10)
 
 
 def test_the_scheduler_creates_the_monitor_deployments_hourly_runs(

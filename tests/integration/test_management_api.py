@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from app.main import create_app
 from mlops.data.generate import generate_transactions, write_events
 from mlops.platform.models import CHAMPION_HISTORY, PROMOTION_BY, PROMOTION_REASON
+from mlops.processes import terminate
 from mlops.settings import (
     MlflowSettings,
     PrefectSettings,
@@ -350,12 +351,7 @@ def served_materialize(mlops_home: Path) -> Iterator[Settings]:
     try:
         yield settings
     finally:
-        runner.terminate()
-        try:
-            runner.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            runner.kill()
-            runner.wait()
+        terminate(runner, timeout_s=30)
 
 
 def test_a_flow_run_started_through_the_api_completes(
