@@ -15,7 +15,7 @@ from fastapi import Depends, HTTPException, Request, status
 
 from app.metrics import ServingMetrics
 from mlops.serving import LoadedModel
-from mlops.serving.coalesce import CoalescingReader
+from mlops.serving.coalesce import CoalescingReader, CoalescingScorer
 from mlops.serving.reloader import ModelSlot, Reloader
 from mlops.serving.request_log import RequestLog
 from mlops.settings import Settings
@@ -36,6 +36,7 @@ class ServingState:
     metrics: ServingMetrics
     request_log: RequestLog
     entity_reader: CoalescingReader
+    scorer: CoalescingScorer
 
 
 def current_model(slot: ModelSlot) -> LoadedModel:

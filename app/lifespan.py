@@ -26,7 +26,7 @@ from app.deps import ServingState
 from app.metrics import ServingMetrics
 from mlops.features.online import build_online_store
 from mlops.monitoring.history import latest_per_model
-from mlops.serving.coalesce import CoalescingReader
+from mlops.serving.coalesce import CoalescingReader, CoalescingScorer
 from mlops.serving.reloader import ModelSlot, Reloader
 from mlops.serving.request_log import RequestLog
 from mlops.settings import Settings
@@ -34,6 +34,8 @@ from mlops.settings import Settings
 logger = logging.getLogger(__name__)
 
 GIL_SWITCH_INTERVAL_S = 0.0005
+SCORED_TOGETHER_ROWS = 256
+"""The most rows of concurrent requests scored in one run (mlops.serving.coalesce)."""
 
 
 @asynccontextmanager
@@ -66,6 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics=metrics,
         request_log=request_log,
         entity_reader=CoalescingReader(store),
+        scorer=CoalescingScorer(max_rows=SCORED_TOGETHER_ROWS, observe=metrics.observe_inference),
     )
     slot.error = "the champion is still loading"
     try:

@@ -287,6 +287,10 @@ class ServingMetrics:
             self._versions[version] = found
         return found
 
+    def observe_inference(self, model: LoadedModel, seconds: float) -> None:
+        """One ``InferenceSession.run`` of ``model`` took ``seconds``."""
+        self.of_version(model.version).inference.observe(seconds)
+
     def watch_request_log(self, log: RequestLog | None) -> None:
         """Report ``log``'s queue, spool and counters at each scrape."""
         self._request_log.log = log

@@ -28,9 +28,10 @@ objects keyed by feature name (reported, not judged), MLflow 1,000 rows, for eac
 
 Goals: ours inline >= 5x MLflow's requests/s and >= 0.6x the bare endpoint's; ours with
 entities from Redis >= 4x MLflow's; ours 1,000-row rows/s (arrays) >= 5x MLflow's. Reported
-too: the share of the app's request time spent outside ``InferenceSession.run`` (from
-``GET /metrics``: 1 - inference seconds / request seconds), "n/a" while the app does not
-expose those metrics.
+too: the share of the server's CPU time per request spent outside
+``InferenceSession.run`` (1 - the run's seconds per request from ``GET /metrics`` / the
+CPU time per request; concurrent requests share runs, see ``mlops.serving.coalesce``),
+"n/a" while the app does not expose those metrics.
 
 Examples::
 
@@ -119,8 +120,12 @@ class Result:
     load: wrk.WrkResult | None = None
     probe: Any = None
     outside_share: float | None = None
+    """1 - time in ``InferenceSession.run`` per request / the server's CPU time per request."""
     inference_us: float | None = None
+    """Mean time of one ``InferenceSession.run`` (concurrent requests share runs)."""
+    requests_per_run: float | None = None
     request_us: float | None = None
+    """Mean time from a request's arrival in the app to its answer (queueing included)."""
     cpu_us: float | None = None
     """CPU time of the server's processes per request during the timed run (all cores)."""
     problem: str | None = None
@@ -461,9 +466,12 @@ def read_metrics(base: str, result: Result) -> None:
     request = metric_total(answer.text, REQUEST_METRIC, route=PREDICT_ROUTE)
     if inference is None or request is None or request[0] <= 0 or request[1] <= 0:
         return
-    result.outside_share = 1.0 - inference[0] / request[0]
-    result.inference_us = inference[0] / inference[1] * 1e6 if inference[1] else None
     result.request_us = request[0] / request[1] * 1e6
+    if inference[1]:
+        result.inference_us = inference[0] / inference[1] * 1e6
+        result.requests_per_run = request[1] / inference[1]
+    if result.cpu_us:  # run time per request, against the CPU time per request
+        result.outside_share = max(0.0, 1.0 - inference[0] / request[1] * 1e6 / result.cpu_us)
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
@@ -540,18 +548,19 @@ def report(
         f"wrk's percentiles, corrected for coordinated omission), {duration:g} s per run; "
         "errors = non-2xx answers + socket errors; CPU us/req = the server's processes' CPU "
         "time per request in the timed run (steadier than req/s on a shared machine); "
-        "outside run = share of the app's /predict "
-        "time outside InferenceSession.run (GET /metrics)"
+        "outside run = share of the server's CPU time per "
+        "request not spent in InferenceSession.run (its seconds from GET /metrics)"
     )
     print(format_table(header, rows, left=2))
     for r in results:
         if r.problem:
             print(f"{r.case.engine} {r.case.request}: no figures: {r.problem}")
     for r in results:
-        if r.case.engine == "ours" and r.inference_us is not None and r.request_us is not None:
+        if r.case.engine == "ours" and r.inference_us is not None and r.requests_per_run:
             print(
-                f"ours {r.case.request}: {r.request_us:,.0f} us per request in the app, of which "
-                f"{r.inference_us:,.0f} us in InferenceSession.run (means from /metrics, "
+                f"ours {r.case.request}: {r.request_us:,.0f} us from arrival to answer in the "
+                f"app (queueing included); InferenceSession.run {r.inference_us:,.0f} us a run, "
+                f"{r.requests_per_run:.1f} requests a run (means from /metrics, "
                 f"{'one worker' if workers > 1 else 'the server'} since start)"
             )
     for r in results:
@@ -569,7 +578,8 @@ def report(
     shares = ", ".join(f"{r.case.request} {_share(r.outside_share)}" for r in reported)
     missing = all(r.outside_share is None for r in reported)
     print(
-        f"report: share of the app's /predict time outside InferenceSession.run: {shares or '-'}"
+        f"report: share of the server's CPU time per request outside InferenceSession.run: "
+        f"{shares or '-'}"
         + (f" (GET /metrics lacks {INFERENCE_METRIC} or {REQUEST_METRIC})" if missing else "")
     )
 

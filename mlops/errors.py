@@ -100,7 +100,8 @@ class VersionMismatchError(FeatureStoreError):
 
 
 class IncompleteFeaturesError(FeatureStoreError):
-    """The online store holds a row for the entity, but a model feature is absent or NaN."""
+    """The online store holds a row for the entity, but a model feature is absent, NaN or
+    not finite as float32."""
 
     def __init__(self, *, view: str, entity: str, feature: str) -> None:
         self.view = view
@@ -108,7 +109,8 @@ class IncompleteFeaturesError(FeatureStoreError):
         self.feature = feature
         super().__init__(
             f"view {view!r} has no usable value for feature {feature!r} of entity "
-            f"{entity!r} (missing or NaN): send the features inline or rematerialize the view"
+            f"{entity!r} (missing, NaN or infinite): send the features inline or rematerialize "
+            "the view"
         )
 
 

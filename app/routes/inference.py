@@ -1,9 +1,10 @@
 """Inference routes: ``/predict``, ``/model``, ``/health``, ``/ready``.
 
-``/predict`` is ``async``: the blocking online-store read runs in the thread pool, and
-so does inference on more than :data:`INLINE_SCORING_ROWS` rows; a few rows score on the
-event loop in tens of microseconds, less than a hop to the pool would cost. Domain
-errors become HTTP errors here and only here. Every response computed from a model
+``/predict`` is ``async``: inference on more than :data:`INLINE_SCORING_ROWS` rows runs
+in the thread pool; a few rows score on the event loop, together with those of the
+requests that arrived with them (one ``InferenceSession.run``), in tens of microseconds,
+less than a hop to the pool would cost. Domain errors become HTTP errors here and only
+here. Every response computed from a model
 carries the ``X-Model-Version`` header; predictions also carry ``X-Request-ID``.
 """
 
@@ -222,8 +223,9 @@ async def answer_predict(
     else:
         matrix = inline
     if len(matrix) <= INLINE_SCORING_ROWS:
-        # A few rows score in tens of µs: less than a hop to the thread pool costs.
-        probabilities = _score(model, matrix, metrics)
+        # A few rows score on the loop, with those of the requests that came in with
+        # this one: less than a hop to the thread pool costs (mlops.serving.coalesce).
+        probabilities = await serving.scorer.score(model, matrix)
     else:
         probabilities = await anyio.to_thread.run_sync(_score, model, matrix, metrics)
 
@@ -237,6 +239,9 @@ async def answer_predict(
         counted.positive.inc(n_positive)
     if n_positive < len(labels):
         counted.negative.inc(len(labels) - n_positive)
+    # Entities first, then inline rows; each column converted once, in C.
+    n_rows = len(body.rows)
+    as_float = probabilities.astype(np.float64)
     predictions = [
         {
             "entity": entity,
@@ -245,10 +250,12 @@ async def answer_predict(
             "probability": p1,
             "probabilities": [p0, p1],
         }
-        for (entity, index), label, (p0, p1) in zip(
-            _sources(entities, len(body.rows)),
+        for entity, index, label, p0, p1 in zip(
+            [*entities, *itertools.repeat(None, n_rows)],
+            itertools.chain(range(len(entities)), range(n_rows)),
             labels.tolist(),
-            probabilities.astype(np.float64).tolist(),
+            as_float[:, 0].tolist(),
+            as_float[:, 1].tolist(),
             strict=True,
         )
     ]
@@ -384,15 +391,8 @@ def _score(model: LoadedModel, matrix: np.ndarray, metrics: ServingMetrics) -> n
     """``model.predict``, its time in ``InferenceSession.run`` observed."""
     started = time.perf_counter()
     probabilities = model.predict(matrix)
-    metrics.of_version(model.version).inference.observe(time.perf_counter() - started)
+    metrics.observe_inference(model, time.perf_counter() - started)
     return probabilities
-
-
-def _sources(entities: list[str], n_rows: int) -> list[tuple[str | None, int]]:
-    """(entity or None, index) of each prediction: entities first, then inline rows."""
-    out: list[tuple[str | None, int]] = [(key, i) for i, key in enumerate(entities)]
-    out += [(None, i) for i in range(n_rows)]
-    return out
 
 
 async def _read_entity_features(

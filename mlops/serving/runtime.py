@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import mlflow
 import mlflow.artifacts
@@ -406,8 +406,8 @@ def bulk_table_matrix(rows: Sequence[Any], width: int) -> np.ndarray | None:
     numbers finite as float32; None otherwise (:func:`table_to_matrix` names why)."""
     if not rows:
         return np.empty((0, width), dtype=np.float32)
-    if not all(type(row) is list and len(row) == width for row in rows):
-        return None
+    # No check per row: numpy refuses ragged rows, and _numeric_matrix anything but a
+    # [N, width] matrix of numbers (a row that is a dict, a string or nested lists).
     return _numeric_matrix(rows, width)
 
 
@@ -531,19 +531,14 @@ def matrix_from_rows(
                     f"{key!r}, but model {model.name} v{model.version} was trained on version "
                     f"{ref.version}: rematerialize the view or promote a model trained on it"
                 )
-        wanted = [f for f in model.feature_names if f not in columns]
-        first = rows[keys[0]] if keys else None
-        for feature in wanted:
-            if first is not None and feature in first.values:
-                column = np.empty(len(keys), dtype=np.float32)
-                for i, key in enumerate(keys):
-                    row = rows[key]
-                    assert row is not None
-                    value = row.values.get(feature, math.nan)
-                    if not math.isfinite(value):
-                        raise IncompleteFeaturesError(view=ref.name, entity=key, feature=feature)
-                    column[i] = value
-                columns[feature] = column
+        first = rows[keys[0]]
+        assert first is not None
+        held = [f for f in model.feature_names if f not in columns and f in first.values]
+        if held:
+            block = _view_block(rows, keys, held)
+            if block is None:  # a feature absent or not finite: name the first culprit
+                _raise_incomplete(ref.name, rows, keys, held)
+            columns.update(zip(held, block.T, strict=True))
     absent = [f for f in model.feature_names if f not in columns]
     if absent:
         views = ", ".join(str(ref) for ref in model.feature_views)
@@ -552,3 +547,37 @@ def matrix_from_rows(
             f"none of its views ({views}) hold"
         )
     return np.stack([columns[f] for f in model.feature_names], axis=1)
+
+
+def _view_block(
+    rows: Mapping[str, OnlineRow | None], keys: Sequence[str], features: list[str]
+) -> np.ndarray | None:
+    """``features`` of ``keys`` as float32 [len(keys), len(features)], read in C; None
+    when a row lacks one of them or a value is not finite as float32."""
+    pick = itemgetter(*features)
+    try:
+        if len(features) == 1:
+            values: Any = [[pick(rows[key].values)] for key in keys]  # type: ignore[union-attr]
+        else:
+            values = [pick(rows[key].values) for key in keys]  # type: ignore[union-attr]
+    except KeyError:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        block = np.array(values, dtype=np.float32)
+    return block if bool(np.isfinite(block).all()) else None
+
+
+def _raise_incomplete(
+    view: str, rows: Mapping[str, OnlineRow | None], keys: Sequence[str], features: list[str]
+) -> NoReturn:
+    """Raise :class:`IncompleteFeaturesError` for the first (key, feature) absent or not
+    finite in float32, in key order."""
+    for key in keys:
+        row = rows[key]
+        assert row is not None
+        for feature in features:
+            with np.errstate(over="ignore"):
+                value = np.float32(row.values.get(feature, math.nan))
+            if not math.isfinite(value):
+                raise IncompleteFeaturesError(view=view, entity=key, feature=feature)
+    raise AssertionError("_view_block refused rows that all hold finite values")

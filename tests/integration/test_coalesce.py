@@ -1,4 +1,5 @@
-"""Concurrent entity lookups share store reads (real SQLite and Redis stores)."""
+"""Concurrent entity lookups share store reads (real SQLite and Redis stores); the small
+matrices of concurrent requests share an onnxruntime run (a real exported model)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from mlops.errors import StoreUnavailableError
+from mlops.errors import SchemaError, StoreUnavailableError
 from mlops.features.online.base import OnlineRow
 from mlops.features.online.redis import RedisOnlineStore
 from mlops.features.online.sqlite import SqliteOnlineStore
-from mlops.serving.coalesce import CoalescingReader
-from tests.integration._registry import FEATURES, VIEW, write_features
+from mlops.serving.coalesce import CoalescingReader, CoalescingScorer
+from mlops.serving.runtime import LoadedModel, ViewRef, _build_session
+from tests.integration._registry import FEATURES, VIEW, tiny_onnx_model, write_features
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +193,88 @@ def test_max_in_flight_lets_that_many_reads_overlap(tmp_path: Path) -> None:
         store.close()
     assert [list(a[VIEW]) for a in answers] == [[k] for k in list(CARDS)[:6]]
     assert [len(b[VIEW]) for b in store.batches] == [1] * 6
+
+
+# --- scoring: the small matrices of concurrent requests, one run ---------------------
+
+
+def loaded(version: str = "1") -> LoadedModel:
+    """The tiny fraud model (3 features) as the app holds a verified champion."""
+    proto = tiny_onnx_model()
+    return LoadedModel(
+        name="fraud",
+        version=version,
+        alias="champion",
+        feature_names=tuple(FEATURES),
+        feature_views=(ViewRef(VIEW, "v1"),),
+        entity_key="card_id",
+        onnx_sha256="0" * 64,
+        signature={},
+        session=_build_session(proto.SerializeToString(), intra_op_threads=1),
+        loaded_at=datetime.now(UTC),
+    )
+
+
+def matrices(n: int, rows: int = 1, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(rng.random((rows, len(FEATURES))) * 100).astype(np.float32) for _ in range(n)]
+
+
+async def score_together(
+    scorer: CoalescingScorer, calls: Sequence[tuple[LoadedModel, np.ndarray]]
+) -> list[np.ndarray | BaseException]:
+    """``calls`` made in one turn of the loop (as requests that arrived together)."""
+    return await asyncio.gather(
+        *(scorer.score(model, matrix) for model, matrix in calls), return_exceptions=True
+    )
+
+
+def test_matrices_handed_in_together_are_scored_in_one_run() -> None:
+    model = loaded()
+    seen: list[tuple[str, float]] = []
+    scorer = CoalescingScorer(observe=lambda m, seconds: seen.append((m.version, seconds)))
+    batch = matrices(12) + matrices(2, rows=3, seed=1)
+
+    answers = asyncio.run(score_together(scorer, [(model, m) for m in batch]))
+
+    assert scorer.runs == 1 and len(seen) == 1 and seen[0][0] == "1" and seen[0][1] > 0
+    for matrix, answer in zip(batch, answers, strict=True):
+        assert isinstance(answer, np.ndarray) and answer.shape == (len(matrix), 2)
+        np.testing.assert_allclose(answer, model.predict(matrix), rtol=1e-6)  # its own rows
+
+
+def test_runs_hold_at_most_max_rows_and_one_model_each() -> None:
+    old, new = loaded("1"), loaded("2")
+    scorer = CoalescingScorer(max_rows=4)
+    calls = [(old, m) for m in matrices(6)] + [(new, m) for m in matrices(2, seed=3)]
+
+    answers = asyncio.run(score_together(scorer, calls))
+
+    assert scorer.runs == 3  # old: 4 + 2 rows; new: 2 rows (a swap between requests)
+    for (model, matrix), answer in zip(calls, answers, strict=True):
+        np.testing.assert_allclose(answer, model.predict(matrix), rtol=1e-6)  # type: ignore[arg-type]
+
+
+def test_a_matrix_that_fails_fails_only_its_own_request() -> None:
+    model = loaded()
+    scorer = CoalescingScorer()
+    good = matrices(3)
+    bad = np.zeros((1, len(FEATURES) + 2), dtype=np.float32)  # not the model's width
+
+    calls = [(model, good[0]), (model, bad), *[(model, m) for m in good[1:]]]
+    answers = asyncio.run(score_together(scorer, calls))
+
+    assert isinstance(answers[1], SchemaError) and "[N, 3]" in str(answers[1])
+    for matrix, answer in zip(good, [answers[0], *answers[2:]], strict=True):
+        np.testing.assert_allclose(answer, model.predict(matrix), rtol=1e-6)  # type: ignore[arg-type]
+
+
+def test_a_request_alone_is_scored_at_once() -> None:
+    model = loaded()
+    scorer = CoalescingScorer()
+
+    async def one_by_one() -> list[np.ndarray]:
+        return [await scorer.score(model, m) for m in matrices(3)]
+
+    answers = asyncio.run(one_by_one())
+    assert scorer.runs == 3 and all(a.shape == (1, 2) for a in answers)

@@ -149,6 +149,28 @@ def test_records_are_written_in_batches_and_read_back_equal(
     assert count(db_url, "prediction_log") == 25
 
 
+def test_a_partial_batch_waits_for_the_interval_while_full_batches_go_at_once(
+    tmp_path: Path, open_log: Callable[..., RequestLog]
+) -> None:
+    # Under load the writer does not chase the records that arrive while it writes with
+    # many small transactions: a partial batch goes at the flush interval, or on flush().
+    log = open_log(f"sqlite:///{tmp_path / 'requests.db'}", batch_size=10, flush_interval_s=30)
+    wait_until(lambda: log.database_ok)
+    for i in range(25):
+        log.log_prediction(prediction(i))
+    wait_until(lambda: log.written == 20)
+    time.sleep(0.2)
+    assert (log.written, log.queue_depth) == (20, 5)  # two full batches; 5 wait
+    assert log.flush()
+    assert (log.written, log.queue_depth) == (25, 0)
+
+    quick = open_log(f"sqlite:///{tmp_path / 'quick.db'}", batch_size=10, flush_interval_s=0.2)
+    wait_until(lambda: quick.database_ok)
+    for i in range(13):
+        quick.log_prediction(prediction(i))
+    wait_until(lambda: quick.written == 13)  # the 3 left over go at the interval, unasked
+
+
 def test_a_request_logged_twice_is_one_row(
     db_url: str, open_log: Callable[..., RequestLog]
 ) -> None:

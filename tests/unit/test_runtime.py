@@ -27,6 +27,7 @@ from mlops.errors import (
     VersionMismatchError,
 )
 from mlops.features.online import OnlineStore, build_online_store
+from mlops.features.online.base import OnlineRow
 from mlops.serving import (
     FeatureColumnError,
     FeatureRowError,
@@ -37,7 +38,12 @@ from mlops.serving import (
     rows_to_matrix,
     table_to_matrix,
 )
-from mlops.serving.runtime import bulk_rows_matrix, bulk_table_matrix, column_order
+from mlops.serving.runtime import (
+    bulk_rows_matrix,
+    bulk_table_matrix,
+    column_order,
+    matrix_from_rows,
+)
 from mlops.settings import SqliteOnlineStoreSettings
 
 FEATURES = ("a", "b", "c")
@@ -160,6 +166,10 @@ def test_bulk_matrices_take_ints_and_bools_as_json_numbers() -> None:
     np.testing.assert_array_equal(bulk_table_matrix([[1, True, 2.5], [-3, False, 0]], 3), expected)
     # A row of another shape, or a row that is not a list/dict, is not taken in bulk.
     assert bulk_table_matrix([[1.0, 2.0, 3.0], [1.0, 2.0]], 3) is None
+    for odd in ({"a": 1.0, "b": 2.0, "c": 3.0}, "abc", [1.0, [2.0], 3.0], None, 7.0):
+        assert bulk_table_matrix([[1.0, 2.0, 3.0], odd], 3) is None, odd
+    assert bulk_table_matrix(["abc", "def"], 3) is None
+    assert bulk_table_matrix([[[1.0, 2.0, 3.0]]], 3) is None
     assert bulk_rows_matrix([{"a": 1.0, "b": 2.0}], FEATURES) is None
     assert bulk_rows_matrix([[1.0, 2.0, 3.0]], FEATURES) is None
     assert bulk_rows_matrix([{"a": 1}], ["a"]) is not None  # one feature: no tuples
@@ -247,6 +257,37 @@ def test_features_for_entities_nan_value(store: OnlineStore) -> None:
     with pytest.raises(IncompleteFeaturesError) as caught:
         features_for_entities(store, _model(), ["u1", "u3"])
     assert (caught.value.view, caught.value.entity, caught.value.feature) == ("left", "u3", "b")
+
+
+@pytest.mark.parametrize(
+    ("values", "culprit"),
+    [
+        ({"a": 3.0}, "b"),  # absent from this row, held by the first
+        ({"a": 1e39, "b": 6.0}, "a"),  # finite as a double, infinite as float32
+        ({"a": 3.0, "b": math.inf}, "b"),
+    ],
+)
+def test_matrix_from_rows_names_the_first_unusable_value(
+    values: dict[str, float], culprit: str
+) -> None:
+    model = _model((ViewRef("left", "v1"), ViewRef("right", "v2")))
+    now = datetime.now(UTC)
+    rows: dict[str, dict[str, OnlineRow | None]] = {
+        "left": {
+            "u1": OnlineRow(values={"a": 1.0, "b": 4.0}, event_timestamp=now, version="v1"),
+            "u9": OnlineRow(values=values, event_timestamp=now, version="v1"),
+        },
+        "right": {
+            key: OnlineRow(values={"c": 7.0}, event_timestamp=now, version="v2")
+            for key in ("u1", "u9")
+        },
+    }
+    np.testing.assert_array_equal(
+        matrix_from_rows(model, ["u1", "u1"], rows), np.array([[1, 4, 7]] * 2, dtype=np.float32)
+    )
+    with pytest.raises(IncompleteFeaturesError) as caught:
+        matrix_from_rows(model, ["u1", "u9"], rows)
+    assert (caught.value.view, caught.value.entity, caught.value.feature) == ("left", "u9", culprit)
 
 
 def test_features_for_entities_feature_in_no_view(store: OnlineStore) -> None:
