@@ -38,6 +38,7 @@ Examples::
     .venv/bin/python benchmarks/bench_serving.py                   # workers 1 and 2, 15 s runs
     .venv/bin/python benchmarks/bench_serving.py --quick           # smoke run: 1 worker, 3 s
     .venv/bin/python benchmarks/bench_serving.py --duration 10 --workers 1
+    .venv/bin/python benchmarks/bench_serving.py --workers 1 --repeat 3   # medians of 3 rounds
     .venv/bin/python benchmarks/bench_serving.py --cases ours_inline mlflow  # some runs only
     .venv/bin/python benchmarks/bench_serving.py --request-log-url \\
         postgresql+psycopg://postgres@127.0.0.1:5432/bench_serving   # created if missing
@@ -178,6 +179,13 @@ def main() -> None:
         default=list(CASES),
         help="the runs to do (default: all); a goal whose runs are not done is not judged",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of all the runs (a fresh server each); each case reports its median "
+        "round by req/s, and the goals are judged on those (steadier on a shared machine)",
+    )
     parser.add_argument("--fresh", action="store_true", help="make the setup again")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 worker, 3 s runs")
     args = parser.parse_args()
@@ -208,21 +216,27 @@ def main() -> None:
         f"{os.cpu_count()} cores"
     )
 
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     for workers in args.workers:
-        results = [
-            run_case(
-                case,
-                workers=workers,
-                setup=setup,
-                env=env,
-                token=token,
-                request_log_url=request_log_url,
-                args=args,
-                work=work,
-            )
-            for case in cases
-            if case.key in args.cases
-        ]
+        rounds: dict[str, list[Result]] = {}
+        for n in range(args.repeat):  # the rounds interleave, so drift hits every case alike
+            if args.repeat > 1:
+                print(f"\n=== workers {workers}, round {n + 1} of {args.repeat} ===", flush=True)
+            for case in cases:
+                if case.key in args.cases:
+                    result = run_case(
+                        case,
+                        workers=workers,
+                        setup=setup,
+                        env=env,
+                        token=token,
+                        request_log_url=request_log_url,
+                        args=args,
+                        work=work,
+                    )
+                    rounds.setdefault(case.key, []).append(result)
+        results = [median_round(runs) for runs in rounds.values()]
         report(
             results,
             workers=workers,
@@ -231,6 +245,18 @@ def main() -> None:
             duration=args.duration,
         )
     print(f"\ntotal time {time.perf_counter() - started:.0f} s (logs in {work / 'logs'})")
+
+
+def median_round(runs: list[Result]) -> Result:
+    """The run of median req/s among those that ran (the lower middle of an even count),
+    noting every round's req/s; the first run when none ran."""
+    ran = sorted((r for r in runs if r.load is not None), key=lambda r: r.rps)
+    if len(runs) == 1 or not ran:
+        return runs[0]
+    median = ran[(len(ran) - 1) // 2]
+    each = ", ".join("failed" if r.load is None else f"{r.rps:,.0f}" for r in runs)
+    median.notes.append(f"median of {len(runs)} rounds by req/s (each: {each})")
+    return median
 
 
 def make_cases(
@@ -565,7 +591,7 @@ def report(
             )
     for r in results:
         for note in r.notes:
-            print(f"ours {r.case.request}: {note}")
+            print(f"{r.case.engine} {r.case.request}: {note}")
     check_agreement(by_key)
 
     for key, other, target, title in GOALS:

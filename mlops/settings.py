@@ -205,6 +205,12 @@ class ConsoleSettings(BaseModel):
         "(MLOPS_SERVING__API_TOKEN) also logs in and unlocks the buttons that change state. "
         "A placeholder outside development: the console refuses to start",
     )
+    login_delay_s: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="wait after a failed login, doubled for each other failure of the last "
+        "5 minutes in this console (any session), up to 30 s; 0 turns it off",
+    )
     refresh_s: float = Field(
         default=2.0, ge=0.5, description="seconds between refreshes of live views (training)"
     )

@@ -22,6 +22,9 @@ The rules are the management API's (``app/security.py``):
   management token (``MLOPS_SERVING__API_TOKEN``: viewing and every state change);
   a viewer can unlock the changes later by entering the token in the sidebar;
 * secrets are compared in constant time;
+* a wrong secret waits before its answer (``MLOPS_CONSOLE__LOGIN_DELAY_S``, doubled for
+  each other failure of the last 5 minutes in this console process, up to 30 s), so that
+  guessing is slow; a right one never waits;
 * outside development a placeholder password (``change-me``) refuses to start: the page
   shows an error naming the setting and nothing else.
 
@@ -34,6 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+import time
+from collections import deque
 from typing import Literal
 
 import streamlit as st
@@ -48,6 +54,58 @@ ROLE_KEY = "mlops_auth_role"
 FINGERPRINT_KEY = "mlops_auth_fingerprint"
 
 Role = Literal["viewer", "manager"]
+
+FAILURE_WINDOW_S = 300.0
+MAX_DELAY_S = 30.0
+
+
+class LoginFailures:
+    """The failed logins of this console process, all sessions together, over the last
+    :data:`FAILURE_WINDOW_S` seconds: each one waits twice as long as the one before."""
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def record(self) -> int:
+        """Count a failure now; the failures in the window, this one included."""
+        now = time.monotonic()
+        with self._lock:
+            while self._times and self._times[0] <= now - FAILURE_WINDOW_S:
+                self._times.popleft()
+            self._times.append(now)
+            return len(self._times)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._times.clear()
+
+
+FAILURES = LoginFailures()
+
+
+def failure_delay(failures: int, base_s: float) -> float:
+    """Seconds the ``failures``-th failure of the window waits: ``base_s`` doubled for
+    each earlier one, at most :data:`MAX_DELAY_S`."""
+    if failures <= 0 or base_s <= 0:
+        return 0.0
+    return min(MAX_DELAY_S, base_s * 2.0 ** min(failures - 1, 30))
+
+
+def _refused(settings: Settings) -> str:
+    """Count a wrong secret, wait its delay, and say so (for the error shown)."""
+    failures = FAILURES.record()
+    delay = failure_delay(failures, settings.console.login_delay_s)
+    if delay:
+        with st.spinner("Checking …"):
+            time.sleep(delay)
+    if failures < 2:
+        return ""
+    following = failure_delay(failures + 1, settings.console.login_delay_s)
+    return (
+        f" {failures} failed attempts in the last {FAILURE_WINDOW_S / 60:.0f} minutes: "
+        f"the next wrong one waits {following:.1f} s."
+    )
 
 
 def _fingerprint(secret: str) -> str:
@@ -158,9 +216,10 @@ def ensure_logged_in() -> None:
     if submitted:
         if _store(secret, settings) is not None:
             st.rerun()
+        waits = _refused(settings)
         st.error(
             "Wrong password or token: enter MLOPS_CONSOLE__PASSWORD to look, or "
-            "MLOPS_SERVING__API_TOKEN to also change state."
+            f"MLOPS_SERVING__API_TOKEN to also change state.{waits}"
         )
     st.stop()
 
@@ -187,7 +246,8 @@ def _sidebar(settings: Settings) -> None:
                     if role_for(token, settings) == "manager":
                         _store(token, settings)
                         st.rerun()
-                    st.error("That is not the management token (MLOPS_SERVING__API_TOKEN).")
+                    waits = _refused(settings)
+                    st.error(f"That is not the management token (MLOPS_SERVING__API_TOKEN).{waits}")
         if st.button("Log out", key="logout"):
             for key in (ROLE_KEY, FINGERPRINT_KEY):
                 st.session_state.pop(key, None)

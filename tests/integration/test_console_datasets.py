@@ -4,6 +4,8 @@ catalog (SQLite) and datasets folder; rejections named next to the file."""
 from __future__ import annotations
 
 import io
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +91,23 @@ def test_a_valid_csv_is_added_listed_and_previewed(settings: Settings) -> None:
     at.button(key="FormSubmitter:add_dataset-Validate and add").click().run()
     assert "version 1" in at.success[0].value
     assert len(catalog_records(settings)) == 1
+
+
+def test_an_upload_removes_the_ones_abandoned_by_other_sessions(settings: Settings) -> None:
+    uploads = settings.home / "console-uploads"
+    abandoned, recent = uploads / "upload-closed-tab", uploads / "upload-other-tab"
+    for folder in (abandoned, recent):
+        folder.mkdir(parents=True)
+        (folder / "events.csv").write_text(GOOD)
+    old = time.time() - 7 * 3600  # ui/pages/datasets.py: STALE_UPLOAD_S is 6 hours
+    os.utime(abandoned, (old, old))
+
+    at = console("datasets", secret=TOKEN).run()
+    at.file_uploader[0].upload("labels.csv", GOOD.encode(), "text/csv").run()
+    assert not at.exception and not at.error, texts(at.error)
+    left = sorted(p.name for p in uploads.iterdir())
+    assert "upload-closed-tab" not in left and "upload-other-tab" in left
+    assert len(left) == 2  # the other tab's, and this session's own
 
 
 def test_a_broken_rule_is_named_next_to_the_file(settings: Settings) -> None:

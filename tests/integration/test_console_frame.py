@@ -9,6 +9,7 @@ does before (a page file run on its own must be gated as well).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,10 +57,12 @@ def server() -> Iterator[None]:
 
 
 @pytest.fixture
-def secrets(mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def secrets(mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("MLOPS_CONSOLE__PASSWORD", PASSWORD)
     monkeypatch.setenv("MLOPS_SERVING__API_TOKEN", TOKEN)
-    return mlops_home
+    auth.FAILURES.clear()  # failed logins count across sessions of the process
+    yield mlops_home
+    auth.FAILURES.clear()
 
 
 def console(page: str | None = None) -> AppTest:
@@ -91,6 +94,26 @@ def test_wrong_password_shows_no_page(navigation: str, secrets: Path) -> None:
     assert any("Wrong password or token" in e for e in errors(at)), errors(at)
     assert not at.file_uploader  # the Datasets page never ran
     assert ROLE_KEY not in at.session_state
+
+
+def test_wrong_secrets_wait_longer_each_time_and_a_right_one_goes_in(
+    server: None, secrets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLOPS_CONSOLE__LOGIN_DELAY_S", "0.2")
+    waited = []
+    for _ in range(3):  # each from a new session: the count is the console's, not a tab's
+        started = time.monotonic()
+        at = log_in(console(), "guess")
+        waited.append(time.monotonic() - started)
+        assert titles(at) == ["mlops console"] and ROLE_KEY not in at.session_state
+    assert waited[2] >= 0.8 and waited[1] >= 0.4 and waited[0] >= 0.2  # 0.2, 0.4, 0.8 s
+    assert any(
+        "3 failed attempts in the last 5 minutes" in e and "waits 1.6 s" in e for e in errors(at)
+    ), errors(at)
+
+    at = log_in(console(), PASSWORD)  # the right secret is not held back
+    assert titles(at) == ["Overview"] and at.session_state[ROLE_KEY] == "viewer"
+    assert auth.failure_delay(40, 0.5) == auth.MAX_DELAY_S and auth.failure_delay(1, 0) == 0
 
 
 def test_empty_password_is_refused(server: None, secrets: Path) -> None:

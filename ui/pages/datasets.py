@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import altair as alt
@@ -96,6 +97,7 @@ def _staged(upload: UploadedFile, cfg: Settings) -> Path:
     _drop_staged()
     root = cfg.home / "console-uploads"
     root.mkdir(parents=True, exist_ok=True)
+    _sweep_abandoned(root)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=root))
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(upload.name).name) or "upload"
     path = folder / safe
@@ -104,6 +106,21 @@ def _staged(upload: UploadedFile, cfg: Settings) -> Path:
     upload.seek(0)
     st.session_state[UPLOAD_KEY] = (upload.file_id, str(path))
     return path
+
+
+STALE_UPLOAD_S = 6 * 3600.0
+"""A staged upload older than this belongs to a session that went away (a closed tab
+never says so): the next upload of any session removes it."""
+
+
+def _sweep_abandoned(root: Path) -> None:
+    cutoff = time.time() - STALE_UPLOAD_S
+    for folder in root.glob("upload-*"):
+        try:
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # removed by another session meanwhile
+            continue
 
 
 def _drop_staged() -> None:
