@@ -527,7 +527,7 @@ class RequestLog:
         self._taken = 0  # records taken from the queue by the writer
         self._done = 0  # of those, written or spooled (or dropped)
         self._flushing = 0  # flush() calls waiting: the writer drains everything for them
-        self._drained_at = time.monotonic()  # when the writer last left the queue empty
+        self._drained_at = time.monotonic()  # the writer's last partial batch (or empty queue)
         self._counts_lock = threading.Lock()
         self._written = 0
         self._dropped = 0
