@@ -5,7 +5,8 @@ hourly). For every model spec: ``train/<model>`` (on demand, ``local`` pool),
 ``train/<model>-gpu`` (on demand, the GPU pool, ``device="cuda"``), ``evaluate/<model>``
 (on demand), ``monitor/<model>`` (hourly) and ``retrain/<model>`` (weekly, and on the
 events ``mlops.model.drift-detected`` / ``mlops.model.performance-degraded`` of that
-model, with a cooldown: see :func:`retrain_trigger`).
+model, with a cooldown: see :func:`retrain_trigger`). Once: ``cleanup/crashed``, on every
+crash of a run of those flows (:func:`cleanup_trigger`).
 
 :func:`build_deployments` returns them unapplied; ``mlops deploy`` creates the work pools
 and the GPU pool's global concurrency limit (:mod:`deployments.pools`) and registers
@@ -38,7 +39,11 @@ ENTRYPOINTS = {
     "evaluate": "flows/evaluate.py:evaluate",
     "monitor": "flows/monitor.py:monitor",
     "retrain": "flows/retrain.py:retrain",
+    "cleanup": "flows/cleanup.py:cleanup",
 }
+LIFECYCLE_FLOWS = ("materialize", "train", "evaluate", "monitor", "retrain")
+"""The flows whose crashed runs ``cleanup/crashed`` closes (never its own)."""
+CLEANUP_DEPLOYMENT = "crashed"
 
 MATERIALIZE_CRON = "5 * * * *"  # hourly, after the hour's events have landed
 MONITOR_CRON = "15 * * * *"  # hourly, after materialization
@@ -80,6 +85,49 @@ def retrain_trigger(model_name: str) -> DeploymentEventTrigger:
                 },
             },
         }
+    )
+
+
+def cleanup_trigger() -> DeploymentEventTrigger:
+    """The event trigger of ``cleanup/crashed``: every ``prefect.flow-run.Crashed`` event
+    of a run of the lifecycle flows (the related flow resource, by name), one cleanup run
+    each, given the event's resource id (``prefect.flow-run.<uuid>``). Runs of ``cleanup``
+    itself are not matched, so a crashing cleanup cannot start another."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    return DeploymentEventTrigger.model_validate(
+        {
+            "name": "close what a crashed flow run left open",
+            "enabled": True,
+            "match": {"prefect.resource.id": "prefect.flow-run.*"},
+            "match_related": {
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": list(LIFECYCLE_FLOWS),
+            },
+            "expect": ["prefect.flow-run.Crashed"],
+            "posture": "Reactive",
+            "threshold": 1,
+            "within": 0,
+            "parameters": {"flow_run_id": "{{ event.resource.id }}"},
+        }
+    )
+
+
+def cleanup_deployment(settings: Settings) -> RunnerDeployment:
+    """``cleanup/crashed``: on every crash of a lifecycle flow run, on the CPU pool."""
+    from flows.cleanup import cleanup
+
+    return _deployment(
+        cleanup,
+        CLEANUP_DEPLOYMENT,
+        parameters={},
+        description="Close the subflow runs and MLflow runs a crashed flow run left open "
+        "(its own hook does not run when a Docker or Kubernetes worker's container is "
+        "killed). On every prefect.flow-run.Crashed of materialize, train, evaluate, "
+        "monitor and retrain.",
+        tags=["mlops", "cleanup"],
+        work_pool=settings.orchestration.local_pool,
+        triggers=[cleanup_trigger()],
     )
 
 
@@ -220,4 +268,5 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
     deployments = [view_deployment(view.name, settings) for view in all_views(settings)]
     for spec_name in SPECS:
         deployments.extend(model_deployments(get_spec(spec_name, settings).name, settings))
+    deployments.append(cleanup_deployment(settings))
     return deployments

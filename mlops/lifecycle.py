@@ -8,7 +8,9 @@ runner of ``mlops deploy --serve`` (``flow.serve``) and a process worker do it i
 own process once the flow-run process has exited non-zero; the flow engine does it
 in-process for a crash it survives (an interrupt, a base exception). Every flow carries
 :func:`on_flow_crashed` as its ``on_crashed`` and ``on_cancellation`` hook; it closes
-the rest from there.
+the rest from there. A Docker or Kubernetes worker runs no hooks: the ``cleanup`` flow
+(``flows/cleanup.py``), triggered by the run's Crashed event, calls
+:func:`close_left_open` instead.
 
 MLflow runs are found by the tags :func:`flow_run_tags` puts on every run a flow opens
 (:class:`~mlops.tags.RunTags`). Prefect's flow retries apply to Failed runs only, never
@@ -132,11 +134,24 @@ def on_flow_crashed(flow: Flow[Any, Any], flow_run: FlowRun, state: State) -> No
     logger: Logger = _log
     with suppress(Exception):  # else the module's logger
         logger = flow_run_logger(flow_run, flow)
+    close_left_open(flow_run, state, logger)
+
+
+def close_left_open(flow_run: FlowRun, state: State, logger: Logger = _log) -> tuple[int, int]:
+    """What :func:`on_flow_crashed` does, from anywhere: close the subflow runs and the
+    MLflow runs ``flow_run`` left open on entering ``state``. Idempotent (what is closed
+    stays as it is). Returns (subflow runs closed, MLflow runs ended); never raises.
+
+    The ``cleanup`` flow (``flows/cleanup.py``) calls it for a run whose own hook could not
+    run: a Docker or Kubernetes worker marks a killed container's run Crashed without
+    running its hooks.
+    """
+    closed, ended = 0, 0
     descendants: list[FlowRun] = []
     try:
         with get_client(sync_client=True) as prefect:
             descendants = list(_descendants(prefect, flow_run.id))
-            _close_flow_runs(prefect, open_flow_runs(descendants), flow_run, state, logger)
+            closed = _close_flow_runs(prefect, open_flow_runs(descendants), flow_run, state, logger)
     except Exception as exc:
         logger.warning(
             "could not close the subflow runs of flow run %s (%s): %s",
@@ -150,6 +165,7 @@ def on_flow_crashed(flow: Flow[Any, Any], flow_run: FlowRun, state: State) -> No
         mlflow = mlflow_client(Settings())
         for run in runs_to_terminate(_running_mlflow_runs(mlflow), ids, str(flow_run.id)):
             _terminate(mlflow, run.info.run_id, flow_run, state)
+            ended += 1
             logger.warning(
                 "MLflow run %s (%s) left RUNNING by flow run %s: marked %s",
                 run.info.run_id,
@@ -165,6 +181,7 @@ def on_flow_crashed(flow: Flow[Any, Any], flow_run: FlowRun, state: State) -> No
             exc,
             exc_info=True,
         )
+    return closed, ended
 
 
 def _descendants(client: SyncPrefectClient, root: UUID) -> Iterator[FlowRun]:
@@ -197,10 +214,12 @@ def _close_flow_runs(
     parent: FlowRun,
     state: State,
     logger: Logger,
-) -> None:
+) -> int:
+    closed = 0
     for run in runs:
         result = client.set_flow_run_state(run.id, closing_state(parent, state))
         if result.status == SetStateStatus.ACCEPT:
+            closed += 1
             logger.warning(
                 "subflow run %r (%s) left %s by flow run %s: marked %s",
                 run.name,
@@ -217,6 +236,7 @@ def _close_flow_runs(
                 run.id,
                 result.details,
             )
+    return closed
 
 
 def _running_mlflow_runs(client: MlflowClient) -> Iterator[Run]:

@@ -57,6 +57,7 @@ DEPLOYMENTS = {
     "evaluate/fraud_detector": "local",
     "monitor/fraud_detector": "local",
     "retrain/fraud_detector": "local",
+    "cleanup/crashed": "local",
 }
 
 

@@ -24,9 +24,10 @@ from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
 from mlops.cli.stack import stack_app
-from mlops.registry import configure_mlflow
+from mlops.registry import configure_mlflow, mlflow_client
 from mlops.settings import Settings
 from mlops.stack.state import is_alive, read_state
+from mlops.tags import RunTags
 from tests._stack import STARTUP_S, Up, launch, shutdown, wait_healthy
 from tests.conftest import PG_SERVER
 from tests.integration._registry import register_version
@@ -42,6 +43,7 @@ SERVED = {
     "evaluate/fraud_detector",
     "monitor/fraud_detector",
     "retrain/fraud_detector",
+    "cleanup/crashed",
 }
 runner = CliRunner()
 
@@ -103,6 +105,47 @@ def _stop_and_check_nothing_is_left(up: Up) -> None:
     code, status = _status(up.home)
     assert code == 1 and status["status"] == "stopped"
     assert [s["state"] for s in status["services"]] == ["stopped"] * len(SERVICES)
+
+
+def test_a_run_killed_without_its_hooks_is_closed_by_the_cleanup_deployment(
+    stacks: dict[str, Up], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kubernetes or Docker worker marks a killed run Crashed and runs no hook: the
+    Crashed event must start ``cleanup/crashed`` on the stack's runner, which fails the
+    MLflow run the dead run left RUNNING."""
+    up = stacks["embedded"]  # before its test stops it
+    for key, value in up.env().items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    api = f"{up.url('prefect')}/api"
+    # a monitor run (the Training page, checked below, follows the newest train run)
+    flow_id = httpx.post(f"{api}/flows/", json={"name": "monitor"}).json()["id"]
+    killed = httpx.post(
+        f"{api}/flow_runs/", json={"flow_id": flow_id, "state": {"type": "RUNNING"}}
+    ).json()["id"]
+    tracking = mlflow_client(settings)
+    left = tracking.create_run(
+        configure_mlflow(settings),
+        tags={RunTags.FLOW_RUN_ID: killed, RunTags.ROOT_FLOW_RUN_ID: killed},
+    ).info.run_id
+    crashed = {"type": "CRASHED", "name": "Crashed", "message": "pod killed (exit 137)"}
+    answer = httpx.post(
+        f"{api}/flow_runs/{killed}/set_state", json={"state": crashed, "force": True}
+    )
+    assert answer.json()["status"] == "ACCEPT", answer.text
+
+    deadline = time.monotonic() + 180
+    while tracking.get_run(left).info.status == "RUNNING":
+        assert time.monotonic() < deadline, (up.home / "logs" / "runner.log").read_text()[-5000:]
+        time.sleep(1)
+    run = tracking.get_run(left)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[RunTags.TERMINATED_BY] == "prefect:Crashed"
+    cleanups = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={"flows": {"name": {"any_": ["cleanup"]}}},
+    ).json()
+    assert [r["parameters"]["flow_run_id"] for r in cleanups] == [f"prefect.flow-run.{killed}"]
 
 
 def test_up_runs_the_platform_on_embedded_defaults_and_stops_cleanly(

@@ -5,13 +5,21 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect.utilities.templating import apply_values, find_placeholders
 
-from deployments import PROJECT_DIR, build_deployments, retrain_trigger
+from deployments import (
+    LIFECYCLE_FLOWS,
+    PROJECT_DIR,
+    build_deployments,
+    cleanup_trigger,
+    retrain_trigger,
+)
 from deployments.agreement import load_prefect_yaml, summarize_code, summarize_yaml
 from deployments.pools import (
     GPU_POOL_ENV,
@@ -32,6 +40,7 @@ CONTRACT = {
     "evaluate/fraud_detector",
     "monitor/fraud_detector",
     "retrain/fraud_detector",
+    "cleanup/crashed",
 }
 
 
@@ -66,6 +75,7 @@ def test_prefect_yaml_declares_the_contract_deployments() -> None:
         "evaluate/fraud_detector": [],
         "monitor/fraud_detector": ["15 * * * *"],
         "retrain/fraud_detector": ["0 3 * * 1"],
+        "cleanup/crashed": [],
     }
     assert all(s["timezone"] == "UTC" for r in records.values() for s in r["schedules"])
     assert records["retrain/fraud_detector"]["concurrency"] == {
@@ -84,7 +94,17 @@ def test_every_entrypoint_is_a_flow_that_takes_its_parameters(entry: dict[str, A
 
     assert flow.name == entry["entrypoint"].rsplit(":", 1)[1], "deployment key is <flow>/<name>"
     assert declared <= accepted, f"{entry['entrypoint']} does not take {declared - accepted}"
-    flow.validate_parameters(entry.get("parameters") or {})  # types fit the signature
+    required = {
+        name
+        for name, p in inspect.signature(flow.fn).parameters.items()
+        if p.default is inspect.Parameter.empty
+    }
+    left = required - set(entry.get("parameters") or {})
+    if left:  # every run then comes from a trigger that gives them (cleanup/crashed)
+        triggers = entry.get("triggers") or []
+        assert triggers and all(left <= set(t.get("parameters") or {}) for t in triggers), left
+    else:
+        flow.validate_parameters(entry.get("parameters") or {})  # types fit the signature
 
 
 def test_code_and_prefect_yaml_declare_the_same_deployments(clean_mlops_env: Path) -> None:
@@ -137,6 +157,57 @@ def test_retrain_trigger_fires_once_per_burst_and_passes_the_event() -> None:
         "reason": MODEL_DRIFT_DETECTED,
         "event_payload": {"drift_share": 0.5, "columns": ["a"]},
     }
+
+
+def test_cleanup_trigger_takes_crashes_of_lifecycle_flow_runs_only() -> None:
+    from prefect.server.events.actions import RunDeployment
+    from prefect.server.events.schemas.automations import EventTrigger
+    from prefect.server.events.schemas.events import ReceivedEvent
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    from flows.cleanup import flow_run_uuid
+
+    trigger = cleanup_trigger()
+    on_server = EventTrigger.model_validate(
+        trigger.model_dump(
+            include={"match", "match_related", "after", "expect", "for_each", "posture"}
+        )
+        | {"threshold": trigger.threshold, "within": trigger.within}
+    )
+    run_id = uuid.uuid4()
+
+    def event(name: str, flow_name: str) -> ReceivedEvent:
+        return ReceivedEvent(
+            occurred=datetime.now(UTC),
+            event=name,
+            resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
+            related=[
+                {
+                    "prefect.resource.id": f"prefect.flow.{uuid.uuid4()}",
+                    "prefect.resource.role": "flow",
+                    "prefect.resource.name": flow_name,
+                },
+                {"prefect.resource.id": "prefect.tag.mlops", "prefect.resource.role": "tag"},
+            ],
+            id=uuid.uuid4(),
+        )
+
+    assert on_server.immediate  # every crash starts its own cleanup run
+    for flow_name in LIFECYCLE_FLOWS:
+        assert on_server.covers(event("prefect.flow-run.Crashed", flow_name)), flow_name
+    assert not on_server.covers(event("prefect.flow-run.Crashed", "cleanup"))  # no chain
+    assert not on_server.covers(event("prefect.flow-run.Failed", "train"))
+
+    parameters = json.loads(json.dumps(trigger.parameters))
+    RunDeployment._upgrade_v1_templates(parameters)
+    rendered = hydrate(
+        parameters,
+        HydrationContext(
+            render_jinja=True,
+            jinja_context={"event": event("prefect.flow-run.Crashed", "train")},
+        ),
+    )
+    assert flow_run_uuid(rendered["flow_run_id"]) == run_id
 
 
 @pytest.mark.parametrize("pool_type", sorted(TEMPLATE_FILES))
