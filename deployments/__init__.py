@@ -41,7 +41,7 @@ ENTRYPOINTS = {
     "retrain": "flows/retrain.py:retrain",
     "cleanup": "flows/cleanup.py:cleanup",
 }
-LIFECYCLE_FLOWS = ("materialize", "train", "evaluate", "monitor", "retrain")
+LIFECYCLE_FLOWS = tuple(name for name in ENTRYPOINTS if name != "cleanup")
 """The flows whose crashed runs ``cleanup/crashed`` closes (never its own)."""
 CLEANUP_DEPLOYMENT = "crashed"
 

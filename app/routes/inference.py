@@ -227,7 +227,7 @@ async def answer_predict(
         # this one: less than a hop to the thread pool costs (mlops.serving.coalesce).
         probabilities = await serving.scorer.score(model, matrix)
     else:
-        probabilities = await anyio.to_thread.run_sync(_score, model, matrix, metrics)
+        probabilities = await anyio.to_thread.run_sync(serving.scorer.predict, model, matrix)
 
     request_id = new_request_id()
     positive = probabilities[:, 1]
@@ -385,14 +385,6 @@ def _inline_matrix(body: _Body, model: LoadedModel) -> np.ndarray:
                 }
             ]
         ) from exc
-
-
-def _score(model: LoadedModel, matrix: np.ndarray, metrics: ServingMetrics) -> np.ndarray:
-    """``model.predict``, its time in ``InferenceSession.run`` observed."""
-    started = time.perf_counter()
-    probabilities = model.predict(matrix)
-    metrics.observe_inference(model, time.perf_counter() - started)
-    return probabilities
 
 
 async def _read_entity_features(

@@ -154,9 +154,9 @@ class CoalescingScorer:
         model = group[0][0]
         try:
             if len(group) == 1:
-                probabilities = self._predict(model, group[0][1])
+                probabilities = self.predict(model, group[0][1])
             else:
-                probabilities = self._predict(model, np.concatenate([m for _, m, _ in group]))
+                probabilities = self.predict(model, np.concatenate([m for _, m, _ in group]))
         except Exception as exc:
             if len(group) == 1:
                 _settle(group[0][2], exc)
@@ -170,7 +170,9 @@ class CoalescingScorer:
             _settle(future, probabilities[start:end])
             start = end
 
-    def _predict(self, model: LoadedModel, matrix: np.ndarray) -> np.ndarray:
+    def predict(self, model: LoadedModel, matrix: np.ndarray) -> np.ndarray:
+        """``model.predict(matrix)`` alone, now, its time told to ``observe`` (from any
+        thread: the app scores large matrices in the thread pool with it)."""
         started = time.perf_counter()
         probabilities = model.predict(matrix)
         self.runs += 1
